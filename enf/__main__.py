@@ -1,0 +1,5 @@
+import sys
+
+from enf.cli import main
+
+sys.exit(main())

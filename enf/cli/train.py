@@ -1,0 +1,44 @@
+"""`enf train`: train a flow on a data set, select the best validation epoch, write a run directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from enf.cli.common import add_device
+from enf.config import deep_merge, load_yaml, parse_set, resolve
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a flow (resumes from RUN_DIR/state/last.pt if present)",
+                              description=__doc__)
+    p.add_argument("--dataset", required=True, help="dw4, lj13, qm9_positional or qm9")
+    p.add_argument("--model", default="enf", help="enf, gnf, gnf_att, gnf_att_aug, simple_dynamics, "
+                                                  "kernel_dynamics")
+    p.add_argument("--data", required=True, metavar="DATA_DIR", help="folder with train/valid/test.npz")
+    p.add_argument("--n-train", type=int, default=None, help="use the first N training samples")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--epochs", type=int, default=None, help="override the protocol's budget")
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="partial config merged over defaults")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. train.lr=1e-3 (repeatable)")
+    add_device(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from enf.training import train
+
+    sets = parse_set(args.set)
+    extra: dict = {"train": {}}
+    if args.seed is not None:
+        extra["train"]["seed"] = args.seed
+    if args.epochs is not None:
+        extra["train"]["epochs"] = args.epochs
+    if args.device is not None:
+        extra["train"]["device"] = args.device
+    cfg = resolve(args.dataset, args.model, args.n_train,
+                  load_yaml(args.config) if args.config else None, deep_merge(sets, extra))
+    train(cfg, args.data, args.out, progress=not args.no_progress)
+    return 0

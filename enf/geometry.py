@@ -1,0 +1,58 @@
+"""Centre-of-mass handling, masks and uniformly random orthogonal maps for point clouds (B, N, D)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def node_mask_like(x: Tensor, mask: Tensor | None) -> Tensor:
+    """The (B, N, 1) float mask of real nodes; all ones when `mask` is None."""
+    if mask is None:
+        return x.new_ones(x.shape[0], x.shape[1], 1)
+    return mask.to(x.dtype).reshape(x.shape[0], x.shape[1], 1)
+
+
+def n_nodes(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Number of real nodes per sample, (B,) in x's dtype."""
+    return node_mask_like(x, mask).sum(dim=(1, 2))
+
+
+def remove_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Subtract the mean over real nodes (padding stays zero)."""
+    m = node_mask_like(x, mask)
+    mean = (x * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp(min=1)
+    return (x - mean) * m
+
+
+def random_orthogonal(batch: int, dim: int, *, reflections: bool = False, generator: torch.Generator | None = None,
+                      dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+    """(batch, dim, dim) Haar-uniform rotations (SO(d)), or orthogonal maps (O(d)) when `reflections`.
+
+    QR of a Gaussian matrix with the signs of R's diagonal folded into Q gives the Haar measure on O(d);
+    flipping one column of the improper ones then gives the Haar measure on SO(d).
+    """
+    a = torch.randn(batch, dim, dim, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    if not reflections:
+        det = torch.linalg.det(q)
+        q[:, :, 0] = q[:, :, 0] * det.sign().unsqueeze(-1)
+    return q.to(dtype=dtype, device=device)
+
+
+def random_rotation_2d(batch: int, generator: torch.Generator | None = None,
+                       dtype: torch.dtype = torch.float32) -> Tensor:
+    """(batch, 2, 2) rotations by uniform angles in [0, 2 pi)."""
+    theta = torch.rand(batch, generator=generator, dtype=torch.float64) * 2 * math.pi
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2).to(dtype)
+
+
+def rotate(x: Tensor, rot: Tensor) -> Tensor:
+    """Apply one (D, D) or per-sample (B, D, D) orthogonal map to points (B, N, D): x_i -> R x_i."""
+    if rot.dim() == 2:
+        return x @ rot.transpose(-1, -2)
+    return torch.einsum("bij,bnj->bni", rot, x)

@@ -1,0 +1,1 @@
+"""Vector fields of the continuous flows: E-NF's EGNN dynamics and the paper's baselines."""
