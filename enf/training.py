@@ -200,7 +200,7 @@ class Trainer:
                 sums[key] += float(value.detach())
             sums["nfe"] += self.model.cnf.last_nfe
             sums["grad_norm"] += norm
-            bar.set_postfix(nll=f"{float(nll):.3f}", nfe=self.model.cnf.last_nfe)
+            bar.set_postfix(nll=f"{float(nll.detach()):.3f}", nfe=self.model.cnf.last_nfe)
         return {"epoch": epoch, "train_loss": sums["loss"] / steps, "train_nll": sums["nll"] / steps,
                 "train_reg": sums["reg"] / steps, "nfe": sums["nfe"] / steps,
                 "grad_norm": sums["grad_norm"] / steps, "clipped_steps": sums["clipped"], "steps": steps,
@@ -219,7 +219,7 @@ class Trainer:
         resumed = self.try_resume()
         if not resumed and hasattr(self.model, "initialize"):
             first = batches(self.train_data, self.tcfg["batch_size"])[0]
-            self.model.initialize(to_device(first, self.device))
+            self.model.initialize(to_device(first, self.device), self.train_data)
         epochs = int(self.tcfg["epochs"])
         every = int(self.tcfg["eval_every"])
         self.log(f"{self.cfg['model']['name']} on {self.cfg['dataset']}: {self.n_train} training samples, "

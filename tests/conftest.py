@@ -1,0 +1,27 @@
+"""Shared fixtures: one torch thread per test worker, float64 helpers, tiny data sets on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def write_particle_data(root: Path, n_particles: int, n_dim: int, sizes: dict[str, int], seed: int = 0) -> Path:
+    """Gaussian blobs in the particle-data format (centre of mass removed): fast stand-ins for MCMC data."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in sizes.items():
+        x = rng.normal(size=(n, n_particles, n_dim)) * 1.5
+        x -= x.mean(axis=1, keepdims=True)
+        np.savez(root / f"{split}.npz", positions=x.astype(np.float32))
+    return root
+
+
+@pytest.fixture
+def dw4_dir(tmp_path: Path) -> Path:
+    return write_particle_data(tmp_path / "dw4", 4, 2, {"train": 64, "valid": 32, "test": 32})

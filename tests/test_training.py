@@ -1,0 +1,115 @@
+"""Training: a full run writes its results; a killed run resumes to the same answer; NaNs stop it cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from enf import checkpoints
+from enf.config import resolve
+from enf.errors import NumericalError
+from enf.training import AdaptiveClipper, Trainer, train
+
+SETS = {"train": {"batch_size": 16, "eval_every": 1, "eval_batch_size": 32},
+        "model": {"hidden_nf": 8, "n_layers": 1}, "flow": {"rtol": 1e-3, "atol": 1e-3}}
+
+
+def _cfg(epochs: int = 3, **train_overrides: object) -> dict:
+    sets = {**SETS, "train": {**SETS["train"], "epochs": epochs, **train_overrides}}
+    return resolve("dw4", "enf", 32, sets=sets)
+
+
+def test_run_writes_results(dw4_dir: Path, tmp_path: Path) -> None:
+    metrics = train(_cfg(), dw4_dir, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("checkpoint.pt", "metrics.json", "history.csv", "config.yaml", "training_curves.png"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["test_nll"] == pytest.approx(metrics["test_nll"])
+    assert saved["epochs"] == 3 and saved["n_train"] == 32 and saved["test_n"] == 32
+    assert saved["test_trace"] == "exact" and saved["mean_nfe"] > 0
+    payload = checkpoints.load(run / "checkpoint.pt")
+    assert payload["epoch"] == saved["best_epoch"] and payload["config"]["dataset"] == "dw4"
+    assert "code_version" in payload and saved["code_version"].startswith("enf ")
+
+
+def test_killed_run_resumes_to_the_same_result(dw4_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    reference = train(_cfg(), dw4_dir, tmp_path / "reference", progress=False)
+
+    original = Trainer.train_epoch
+
+    def dying(self: Trainer, epoch: int) -> dict:
+        if epoch == 2:
+            raise KeyboardInterrupt  # as if killed during the third epoch
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(), dw4_dir, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert checkpoints.load(tmp_path / "run" / "state" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resumed = train(_cfg(), dw4_dir, tmp_path / "run", progress=False)
+    assert resumed["epochs"] == 3
+    assert resumed["best_val_nll"] == pytest.approx(reference["best_val_nll"], abs=1e-9)
+    assert resumed["test_nll"] == pytest.approx(reference["test_nll"], abs=1e-9)
+
+
+def test_resume_refuses_a_different_config(dw4_dir: Path, tmp_path: Path) -> None:
+    train(_cfg(epochs=1), dw4_dir, tmp_path / "run", progress=False)
+    with pytest.raises(Exception, match="different config"):
+        train(_cfg(epochs=1, lr=1e-2), dw4_dir, tmp_path / "run", progress=False)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(dw4_dir: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    from enf.flows.particles import ParticleFlow
+
+    original = ParticleFlow.nll
+    calls = {"n": 0}
+
+    def poisoned(self: ParticleFlow, batch: dict, trace: str | None = None) -> dict:
+        out = original(self, batch, trace)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 2:  # epoch 0 has 2 steps; the first step of epoch 1 goes NaN
+                out["nll"] = out["nll"] * float("nan")
+        return out
+
+    monkeypatch.setattr(ParticleFlow, "nll", poisoned)
+    with pytest.raises(NumericalError, match="non-finite training loss at epoch 1"):
+        train(_cfg(), dw4_dir, tmp_path / "run", progress=False)
+    state = checkpoints.load(tmp_path / "run" / "state" / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model_state"].values() if v.is_floating_point())
+
+
+def test_adaptive_clipper_threshold_follows_recent_norms() -> None:
+    clipper = AdaptiveClipper(init=3000.0)
+    assert clipper.threshold() == pytest.approx(4500.0)
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    norm, clipped = clipper([p])
+    assert norm == pytest.approx(5.0) and not clipped
+    p.grad = torch.tensor([1e6, 0.0, 0.0])
+    norm, clipped = clipper([p])
+    assert clipped and float(p.grad.norm()) == pytest.approx(clipper.queue[-1])
+
+
+def test_augmentation_rotates_each_sample_rigidly() -> None:
+    from enf.training import augment
+
+    x = torch.randn(6, 5, 3)
+    y = augment({"positions": x})["positions"]
+    d = lambda a: torch.cdist(a, a)  # noqa: E731
+    assert torch.allclose(d(x), d(y), atol=1e-5)
+    assert not torch.allclose(x, y)
+
+
+def test_numerical_error_is_an_enf_error() -> None:
+    from enf.errors import EnfError
+
+    assert issubclass(NumericalError, EnfError)
