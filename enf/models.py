@@ -31,7 +31,7 @@ def build_cnf(cfg: dict[str, Any], n_dim: int, n_features: int) -> CNF:
     options = {"max_num_steps": int(flow["max_steps"])} if flow["method"] in ADAPTIVE_SOLVERS else None
     return CNF(field, method=flow["method"], rtol=float(flow["rtol"]), atol=float(flow["atol"]),
                adjoint=bool(flow["adjoint"]), trace=flow["trace_train"], noise=flow["noise"],
-               regularization=float(flow["regularization"]), options=options)
+               regularization=float(flow["regularization"]), options=options, compile=bool(flow["compile"]))
 
 
 def build_model(cfg: dict[str, Any]) -> nn.Module:

@@ -46,7 +46,8 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 def test_bad_input_is_refused_clearly(dw4_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = str(tmp_path / "run")
-    base = ["train", "--dataset", "dw4", "--data", str(dw4_dir), "--out", out, "--epochs", "1", *FAST]
+    base = ["train", "--dataset", "dw4", "--data", str(dw4_dir), "--out", out, "--epochs", "1", *FAST,
+            "--n-train", "32"]
     assert "unknown model 'nope'" in _error(capsys, [*base, "--model", "nope"])
     err = _error(capsys, ["train", "--dataset", "dw5", "--data", str(dw4_dir), "--out", out])
     assert "unknown dataset 'dw5'" in err and "dw4" in err

@@ -1,0 +1,267 @@
+"""Vectorised Metropolis sampling with many parallel chains: adaptive burn-in, R-hat-checked equilibration, IAT thinning.
+
+A kernel does one sweep of every chain at a given step size. `run_chains` then:
+1. burn-in with step-size adaptation (Robbins-Monro on log step toward a target acceptance; adaptation stops here),
+2. equilibration windows at the frozen step until the split R-hat of every observable, over draws thinned by the
+   window's integrated autocorrelation time, is below `rhat_target` (or `max_sweeps` is spent: an error),
+3. sampling: `n_per_chain` draws per chain, `thin` sweeps apart, thin = ceil(measured IAT) unless given.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from enf.diagnostics import autocorr_time, effective_sample_size, split_rhat
+from enf.energies import PairEnergy
+from enf.errors import EnfError
+
+Observables = Callable[[Tensor], dict[str, Tensor]]
+
+
+class Kernel(Protocol):
+    """One Metropolis sweep of all chains at once."""
+
+    target_accept: float
+
+    def init(self, x: Tensor) -> Tensor:
+        """Reduced energies (E / T) of the starting states, (C,)."""
+
+    def sweep(self, x: Tensor, e: Tensor, step: float, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """One sweep: new states, their reduced energies, and each chain's acceptance fraction in the sweep."""
+
+
+class RandomWalkKernel:
+    """Gaussian random-walk Metropolis on the whole state (any event shape).
+
+    With `centre` the proposal noise has its mean over axis 1 removed, so particle states stay on the
+    zero-centre-of-mass subspace (the right move for translation-invariant energies).
+    """
+
+    target_accept = 0.234
+
+    def __init__(self, reduced_energy: Callable[[Tensor], Tensor], centre: bool = False) -> None:
+        self.reduced_energy = reduced_energy
+        self.centre = centre
+
+    def init(self, x: Tensor) -> Tensor:
+        return self.reduced_energy(x)
+
+    def sweep(self, x: Tensor, e: Tensor, step: float, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        noise = torch.randn(x.shape, generator=gen, dtype=x.dtype) * step
+        if self.centre:
+            noise = noise - noise.mean(1, keepdim=True)
+        y = x + noise
+        ey = self.reduced_energy(y)
+        log_u = torch.rand(e.shape, generator=gen, dtype=e.dtype).log()
+        accept = log_u < e - ey                       # NaN energies are never accepted
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return torch.where(accept.view(shape), y, x), torch.where(accept, ey, e), accept.to(x.dtype)
+
+
+class ParticleKernel:
+    """Single-particle Metropolis moves for a pair energy: one sweep moves every particle once, in random order.
+
+    Each move changes only the moved particle's N - 1 pair terms (and the harmonic term), so a sweep costs about
+    two full energy evaluations but mixes far better than whole-configuration moves. States are re-centred after
+    each sweep (a translation changes nothing); the running energy is checked against a full evaluation every
+    `check_every` sweeps.
+    """
+
+    target_accept = 0.4
+
+    def __init__(self, energy: PairEnergy, check_every: int = 100) -> None:
+        self.energy = energy
+        self.check_every = check_every
+        n = energy.n_particles
+        self._others = [torch.tensor([j for j in range(n) if j != p]) for p in range(n)]
+        self._sweeps = 0
+
+    def init(self, x: Tensor) -> Tensor:
+        return self.energy.energy(x) / self.energy.temperature
+
+    def sweep(self, x: Tensor, e: Tensor, step: float, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        en = self.energy
+        n, dim, temp = en.n_particles, en.n_dim, en.temperature
+        chains = x.shape[0]
+        x = x.clone()
+        noise = torch.randn((n, chains, dim), generator=gen, dtype=x.dtype) * step
+        log_u = torch.rand((n, chains), generator=gen, dtype=x.dtype).log()
+        order = torch.randperm(n, generator=gen).tolist()
+        accepted = x.new_zeros(chains)
+        e_start = e
+        for p in order:
+            xp = x[:, p]
+            delta = noise[p]
+            new = xp + delta
+            xo = x.index_select(1, self._others[p])
+            d_old = (xo - xp.unsqueeze(1)).pow(2).sum(-1).sqrt()
+            d_new = (xo - new.unsqueeze(1)).pow(2).sum(-1).sqrt()
+            de = (en.pair(d_new) - en.pair(d_old)).sum(-1)
+            if en.harmonic:
+                centred = xp - x.mean(1)
+                de = de + 0.5 * en.harmonic * (2 * (centred * delta).sum(-1) + delta.pow(2).sum(-1) * (1 - 1 / n))
+            de = de / temp
+            accept = log_u[p] < -de
+            x[:, p] = torch.where(accept.unsqueeze(-1), new, xp)
+            e = torch.where(accept, e + de, e)
+            accepted += accept.to(x.dtype)
+        x = x - x.mean(1, keepdim=True)
+        self._sweeps += 1
+        if bool((e_start.abs() > 1e6).any()):
+            e = self.init(x)  # running sums of huge terms lose precision: start over from a full evaluation
+        elif self.check_every and self._sweeps % self.check_every == 0:
+            e = self._resync(x, e)
+        return x, e, accepted / n
+
+    def _resync(self, x: Tensor, e: Tensor) -> Tensor:
+        full = self.init(x)
+        drift = (full - e).abs() / (1 + full.abs())
+        if not bool((drift < 1e-8).all()):
+            raise RuntimeError(f"incremental energy drifted from the full energy by {float(drift.max()):.3g} "
+                               "(relative): the single-particle update is wrong")
+        return full
+
+
+@dataclass
+class SamplerSettings:
+    """Settings of `run_chains`; all counts are in sweeps."""
+
+    burn_in: int = 500            # adaptation sweeps (the step size is frozen afterwards)
+    window: int = 200             # sweeps per equilibration check (grown to >= 20 IAT)
+    max_sweeps: int = 20_000      # burn-in plus equilibration limit before giving up
+    rhat_target: float = 1.01
+    initial_step: float = 0.1
+    target_accept: float | None = None   # None: the kernel's default
+    adapt_every: int = 10
+    thin: int | None = None       # None: ceil(IAT of the last equilibration window)
+    trace_chains: int = 256       # chains whose every-sweep observables are kept for the trace and IAT
+
+
+@dataclass
+class ChainResult:
+    """Samples (n_per_chain, chains, ...) in draw-major order, their observables and the run's diagnostics."""
+
+    samples: Tensor
+    energies: Tensor              # reduced energies of the samples, (n_per_chain, chains)
+    observables: dict[str, np.ndarray]   # per sample, (n_per_chain, chains)
+    trace: dict[str, np.ndarray]  # every sweep of the sampling phase, (trace_chains, sweeps)
+    burn_in_trace: np.ndarray     # mean reduced energy over chains at every burn-in / equilibration sweep
+    diagnostics: dict[str, object] = field(default_factory=dict)
+
+
+def _observe(x: Tensor, e: Tensor, observables: Observables | None) -> dict[str, Tensor]:
+    out = {"energy": e}
+    if observables is not None:
+        out.update(observables(x))
+    return out
+
+
+def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSettings,
+               gen: torch.Generator, observables: Observables | None = None,
+               log: Callable[[str], None] | None = None) -> ChainResult:
+    """Run len(x0) chains through burn-in, equilibration and sampling; see the module docstring."""
+    if n_per_chain < 1:
+        raise EnfError(f"samples per chain must be at least 1, got {n_per_chain}")
+    chains = x0.shape[0]
+    if chains < 2:
+        raise EnfError(f"need at least 2 chains for R-hat, got {chains}")
+    say = log or (lambda _msg: None)
+    start = time.perf_counter()
+    x = x0.clone()
+    e = kernel.init(x)
+    if not bool(torch.isfinite(e).all()):
+        raise EnfError("some starting states have a non-finite energy")
+    target = settings.target_accept if settings.target_accept is not None else kernel.target_accept
+    log_step = math.log(settings.initial_step)
+    burn_means: list[float] = []
+
+    # 1. burn-in with step-size adaptation
+    window_acc = x.new_zeros(())
+    for s in range(settings.burn_in):
+        x, e, acc = kernel.sweep(x, e, math.exp(log_step), gen)
+        window_acc += acc.mean()
+        burn_means.append(float(e.mean()))
+        if (s + 1) % settings.adapt_every == 0:
+            rate = float(window_acc) / settings.adapt_every
+            gain = 1.0 / math.sqrt(1 + (s + 1) / settings.adapt_every / 10)
+            log_step += 2.0 * gain * (rate - target)
+            window_acc.zero_()
+    step = math.exp(log_step)
+    say(f"burn-in: {settings.burn_in} sweeps, step size {step:.4g}")
+
+    # 2. equilibration windows at the frozen step, until thinned split R-hat agrees
+    used = settings.burn_in
+    window = settings.window
+    equil: dict[str, object] = {}
+    while True:
+        rec: dict[str, list[Tensor]] = {}
+        acc_sum = 0.0
+        for _ in range(window):
+            x, e, acc = kernel.sweep(x, e, step, gen)
+            acc_sum += float(acc.mean())
+            burn_means.append(float(e.mean()))
+            for k, v in _observe(x, e, observables).items():
+                rec.setdefault(k, []).append(v.detach().to(torch.float64))
+        used += window
+        traces = {k: torch.stack(v, 1).numpy() for k, v in rec.items()}
+        tau = max(autocorr_time(t) for t in traces.values())
+        thin = max(1, math.ceil(tau))
+        rhats = {k: split_rhat(t[:, ::thin]) if t[:, ::thin].shape[1] >= 4 else math.inf
+                 for k, t in traces.items()}
+        equil = {"window": window, "iat": tau, "rhat_thinned": rhats, "acceptance": acc_sum / window}
+        say(f"equilibration window of {window} sweeps: IAT {tau:.3g}, R-hat "
+            + ", ".join(f"{k} {v:.4f}" for k, v in rhats.items()))
+        if window >= 20 * tau and all(r < settings.rhat_target for r in rhats.values()):
+            break
+        if used >= settings.max_sweeps:
+            raise EnfError(f"chains did not equilibrate within {settings.max_sweeps} sweeps (last window: IAT "
+                           f"{tau:.3g}, thinned split R-hat {rhats}, target {settings.rhat_target}); increase "
+                           "the burn-in or the sweep limit")
+        window = max(window, math.ceil(20 * tau))
+    thin = settings.thin or max(1, math.ceil(float(equil["iat"])))
+    say(f"equilibrated after {used} sweeps; thinning by {thin}")
+
+    # 3. sampling
+    samples, energies = [], []
+    kept_obs: dict[str, list[Tensor]] = {}
+    trace: dict[str, list[Tensor]] = {}
+    n_trace = min(settings.trace_chains, chains)
+    acc_sum = 0.0
+    for _ in range(n_per_chain):
+        for _ in range(thin):
+            x, e, acc = kernel.sweep(x, e, step, gen)
+            acc_sum += float(acc.mean())
+            for k, v in _observe(x[:n_trace], e[:n_trace], observables).items():
+                trace.setdefault(k, []).append(v.detach().to(torch.float64))
+        samples.append(x.clone())
+        energies.append(e.clone())
+        for k, v in _observe(x, e, observables).items():
+            kept_obs.setdefault(k, []).append(v.detach().to(torch.float64))
+    sweeps = n_per_chain * thin
+    trace_np = {k: torch.stack(v, 1).numpy() for k, v in trace.items()}
+    kept_np = {k: torch.stack(v, 0).numpy() for k, v in kept_obs.items()}   # (draws, chains)
+    diag = {
+        "chains": chains, "samples_per_chain": n_per_chain, "step_size": step, "target_acceptance": target,
+        "burn_in_sweeps": settings.burn_in, "equilibration_sweeps": used - settings.burn_in,
+        "sampling_sweeps": sweeps, "thin": thin, "acceptance": acc_sum / sweeps,
+        "equilibration": equil,
+        "iat_sweeps": {k: autocorr_time(t) for k, t in trace_np.items()} if sweeps >= 4 else {},
+        "split_rhat_samples": {k: split_rhat(v.T) for k, v in kept_np.items()} if n_per_chain >= 4 else {},
+        "ess_samples": {k: effective_sample_size(v.T) for k, v in kept_np.items()} if n_per_chain >= 4 else {},
+        "seconds": time.perf_counter() - start,
+    }
+    return ChainResult(torch.stack(samples), torch.stack(energies), kept_np, trace_np, np.asarray(burn_means),
+                       diag)
+
+
+def settings_dict(settings: SamplerSettings) -> dict[str, object]:
+    """The settings as a JSON-able dict (for meta.json)."""
+    return asdict(settings)

@@ -1,0 +1,185 @@
+"""Simple and kernel dynamics: exact divergence, E(n) and permutation equivariance, the authors' RBF settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from enf.config import resolve
+from enf.errors import EnfError
+from enf.flows.cnf import exact_trace
+from enf.geometry import random_orthogonal, remove_mean
+from enf.models import VECTOR_FIELDS
+from enf.networks.pair_dynamics import KernelDynamics, SimpleDynamics, kernel_rbf_settings
+
+torch.manual_seed(0)
+F64 = torch.float64
+
+
+def _kernel(n_dim: int, variant: str = "standard") -> KernelDynamics:
+    field = KernelDynamics(n_dim, variant=variant).double()
+    with torch.no_grad():  # move away from the initial (zero) importance and bias, so every term is tested
+        field.importance.normal_(0, 0.3)
+        field.bias.normal_(0, 0.3)
+        field.neg_log_widths.add_(torch.randn_like(field.neg_log_widths) * 0.1)
+    return field
+
+
+def _simple(n_dim: int) -> SimpleDynamics:
+    return SimpleDynamics(n_dim).double()
+
+
+def _reflection(n_dim: int) -> torch.Tensor:
+    q = random_orthogonal(1, n_dim, reflections=True, dtype=F64)[0]
+    if torch.det(q) > 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _mask(batch: int, n: int) -> torch.Tensor:
+    mask = torch.ones(batch, n, dtype=F64)
+    mask[0, n - 2:] = 0
+    mask[-1, n // 2:] = 0
+    return mask
+
+
+@pytest.mark.parametrize("variant", ["standard", "lj13"])
+@pytest.mark.parametrize("n_dim,n_nodes", [(2, 4), (3, 13)])
+def test_kernel_divergence_equals_autograd_trace(variant: str, n_dim: int, n_nodes: int) -> None:
+    field = _kernel(n_dim, variant)
+    x = (torch.randn(3, n_nodes, n_dim, dtype=F64) * 1.5).requires_grad_(True)
+    for t in (0.0, 0.23, 1.0):
+        tt = torch.tensor(t, dtype=F64)
+        closed = field.divergence(tt, x)
+        auto = exact_trace(field(tt, x), x, create_graph=False)
+        assert torch.allclose(closed, auto, atol=1e-10, rtol=1e-10)
+        assert closed.abs().max() > 1e-3
+    mask = _mask(3, n_nodes)
+    out = field(tt, x, mask)
+    assert torch.allclose(field.divergence(tt, x, mask), exact_trace(out, x, create_graph=False), atol=1e-10)
+
+
+def test_kernel_divergence_gradients_match_autograd() -> None:
+    # the closed form is differentiated in training: its parameter gradients must equal those of the true trace
+    field = _kernel(3, "lj13")
+    x = torch.randn(2, 5, 3, dtype=F64, requires_grad=True)
+    t = torch.tensor(0.6, dtype=F64)
+    g_closed = torch.autograd.grad(field.divergence(t, x).sum(), list(field.parameters()))
+    g_auto = torch.autograd.grad(exact_trace(field(t, x), x, create_graph=True).sum(), list(field.parameters()))
+    for a, b in zip(g_closed, g_auto):
+        assert torch.allclose(a, b, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["simple", "kernel"])
+@pytest.mark.parametrize("n_dim,n_nodes", [(2, 4), (3, 13)])
+def test_equivariant_to_orthogonal_maps_translations_and_permutations(kind: str, n_dim: int,
+                                                                      n_nodes: int) -> None:
+    field = _simple(n_dim) if kind == "simple" else _kernel(n_dim)
+    x = torch.randn(4, n_nodes, n_dim, dtype=F64) * 2
+    t = torch.tensor(0.41, dtype=F64)
+    v = field(t, x)
+    q = _reflection(n_dim)
+    shift = torch.randn(1, 1, n_dim, dtype=F64) * 5
+    assert torch.allclose(field(t, x @ q.T + shift), v @ q.T, atol=1e-6, rtol=0)
+    rot = random_orthogonal(1, n_dim, dtype=F64)[0]
+    assert torch.allclose(field(t, x @ rot.T), v @ rot.T, atol=1e-6, rtol=0)
+    perm = torch.randperm(n_nodes)
+    assert torch.allclose(field(t, x[:, perm]), v[:, perm], atol=1e-6, rtol=0)
+    assert v.mean(dim=1).abs().max() < 1e-12
+    assert v.abs().max() > 1e-3
+    if kind == "kernel":
+        div = field.divergence(t, x)
+        for moved in (x @ q.T + shift, x[:, perm]):
+            assert torch.allclose(field.divergence(t, moved), div, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["simple", "kernel"])
+def test_masked_nodes_are_zero_and_padding_does_not_matter(kind: str) -> None:
+    field = _simple(3) if kind == "simple" else _kernel(3)
+    t = torch.tensor(0.5, dtype=F64)
+    x = remove_mean(torch.randn(1, 6, 3, dtype=F64) * 2)
+    alone = field(t, x)
+    padded = torch.cat([x, torch.randn(1, 3, 3, dtype=F64) * 4], 1)  # garbage in the padded slots
+    mask = torch.cat([torch.ones(1, 6), torch.zeros(1, 3)], 1).double()
+    out = field(t, padded, mask)
+    assert torch.allclose(out[:, :6], alone, atol=1e-12)
+    assert out[:, 6:].abs().max() == 0
+    if kind == "kernel":
+        assert torch.allclose(field.divergence(t, padded, mask), field.divergence(t, x), atol=1e-10)
+
+
+def test_simple_dynamics_is_a_time_free_gradient_field() -> None:
+    field = _simple(3)
+    x = torch.randn(1, 5, 3, dtype=F64)
+    v0 = field(torch.tensor(0.0, dtype=F64), x)
+    assert torch.equal(v0, field(torch.tensor(0.9, dtype=F64), x))
+    # v = -grad U: its Jacobian is minus the Hessian of U, hence symmetric
+    jac = torch.autograd.functional.jacobian(lambda y: field(torch.tensor(0.0, dtype=F64), y[None])[0], x[0])
+    jac = jac.reshape(15, 15)
+    assert torch.allclose(jac, jac.T, atol=1e-10)
+    # and it is the negative gradient of the potential it reports, by finite differences
+    u = lambda y: field.potential(y).sum()  # noqa: E731
+    eps = 1e-6
+    e = torch.zeros_like(x)
+    e[0, 2, 1] = eps
+    fd = (u(x + e) - u(x - e)) / (2 * eps)
+    assert abs(float((fd + v0[0, 2, 1]).detach())) < 1e-6
+
+
+def test_simple_dynamics_works_without_grad_and_keeps_the_graph_with_it() -> None:
+    field = _simple(2)
+    x = torch.randn(3, 4, 2, dtype=F64)
+    t = torch.tensor(0.0, dtype=F64)
+    with torch.no_grad():
+        v = field(t, x)
+    assert not v.requires_grad
+    y = x.clone().requires_grad_(True)
+    w = field(t, y)
+    assert torch.allclose(v, w)
+    tr = exact_trace(w, y, create_graph=True)  # second derivatives exist (the CNF's trace needs them)
+    tr.sum().backward()
+    dead = field.mlp[-1].bias  # a constant shift of U moves nothing (the authors' MLP has it too)
+    assert dead.grad is None
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in field.parameters() if p is not dead)
+
+
+def test_kernel_rbf_settings_follow_the_authors() -> None:
+    std = kernel_rbf_settings("standard")
+    assert torch.allclose(std["mus"], torch.linspace(0, 8, 50))
+    assert torch.allclose(std["widths"], torch.full((50,), 0.5))
+    assert torch.allclose(std["widths_time"], torch.full((10,), 0.3))
+    lj = kernel_rbf_settings("lj13")
+    m = torch.linspace(0, 16, 50, dtype=F64)
+    expected = ((m - 1.5) ** 2 / 32).sort().values
+    assert torch.allclose(lj["mus"].double(), expected, atol=1e-6)
+    assert 0 <= lj["mus"][0] < 1e-3 and lj["mus"][-1] == pytest.approx(14.5**2 / 32, abs=1e-5)  # 0 to 6.57
+    assert torch.allclose(lj["widths"].double(), 0.3 + 48 * ((expected - 1.5) / 32) ** 2, atol=1e-6)
+    assert float(lj["widths"].min()) == pytest.approx(0.3, abs=2e-3)
+    assert float(lj["widths"].max()) == pytest.approx(1.505, abs=2e-3)
+    tw = lj["widths_time"]
+    assert float(tw.min()) == pytest.approx(0.3 / 10 ** 0.5, abs=2e-3)    # 0.095 at t = 0.5
+    assert float(tw.max()) == pytest.approx(0.425 / 10 ** 0.5, abs=1e-4)  # 0.134 at t = 0 and 1
+    with pytest.raises(EnfError, match="variant"):
+        kernel_rbf_settings("dw4")
+
+
+def test_registered_defaults_follow_the_protocol() -> None:
+    dw4 = resolve("dw4", "kernel_dynamics")
+    assert dw4["model"]["variant"] == "standard"
+    assert dw4["flow"]["rtol"] == 1e-5 and dw4["flow"]["atol"] == 1e-10 and dw4["train"]["lr"] == 1e-3
+    assert resolve("lj13", "kernel_dynamics")["model"]["variant"] == "lj13"
+    qpos = resolve("qm9_positional", "kernel_dynamics")
+    assert qpos["model"]["variant"] == "standard" and qpos["train"]["lr"] == 5e-4
+    assert qpos["flow"]["regularization"] == 0.0
+    simple = resolve("qm9_positional", "simple_dynamics")
+    assert simple["train"]["lr"] == 2e-4 and simple["flow"]["regularization"] == 0.0
+    assert simple["flow"]["rtol"] == 1e-4 and resolve("lj13", "simple_dynamics")["train"]["lr"] == 1e-3
+    field = VECTOR_FIELDS.get("kernel_dynamics")(3, 0, resolve("lj13", "kernel_dynamics")["model"])
+    assert field.closed_form_divergence and sum(p.numel() for p in field.parameters()) == 620
+
+
+@pytest.mark.parametrize("name", ["simple_dynamics", "kernel_dynamics"])
+def test_node_features_are_refused(name: str) -> None:
+    cfg = resolve("qm9_positional", name)["model"]
+    with pytest.raises(EnfError, match="positions only"):
+        VECTOR_FIELDS.get(name)(3, 6, cfg)
