@@ -135,3 +135,25 @@ def test_nfe_is_counted() -> None:
     with torch.no_grad():
         flow.nll({"positions": remove_mean(torch.randn(2, 4, 2, dtype=torch.float64))})
     assert flow.cnf.last_nfe >= 8
+
+
+class Exploding(VectorField):
+    """A field that returns NaN: the adaptive solver's step size collapses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_dim = 2
+
+    def forward(self, t: Tensor, xh: Tensor, mask: Tensor | None = None) -> Tensor:
+        return xh * float("nan")
+
+
+def test_a_diverging_solve_raises_a_numerical_error() -> None:
+    from enf.errors import NumericalError
+
+    cnf = CNF(Exploding(), trace="exact")
+    with pytest.raises(NumericalError, match="underflow"):
+        cnf(torch.randn(2, 3, 2, dtype=torch.float64))
+    stiff = CNF(_egnn(2), rtol=1e-12, atol=1e-12, options={"max_num_steps": 2})
+    with pytest.raises(NumericalError, match="exploded"):
+        stiff(remove_mean(torch.randn(2, 4, 2, dtype=torch.float64)))
