@@ -32,7 +32,12 @@ BASE: dict[str, Any] = {
         "max_steps": 5000,           # solver steps per solve before it counts as exploded
         "compile": False,            # torch.compile the training evaluation (2-3x faster, slow first compile)
     },
+    "flow_matching": {
+        "pairing": "equivariant_ot",  # none | ot (batch OT) | equivariant_ot (align over perms/rotations first)
+        "sigma": 0.0,                # width of the conditional path around the straight line
+    },
     "train": {
+        "objective": "likelihood",   # likelihood | flow_matching (simulation-free; see enf/flow_matching.py)
         "n_train": None,
         "epochs": 100,
         "batch_size": 100,
@@ -150,6 +155,8 @@ def validate(cfg: dict[str, Any]) -> None:
             raise EnfError(f"train.{key} must be a positive integer, got {train[key]!r}")
     if train["n_train"] is not None and (not isinstance(train["n_train"], int) or train["n_train"] < 1):
         raise EnfError(f"train.n_train must be a positive integer, got {train['n_train']!r}")
+    if train["objective"] not in ("likelihood", "flow_matching"):
+        raise EnfError(f"train.objective must be 'likelihood' or 'flow_matching', got {train['objective']!r}")
     if train["clip_grad"] not in ("none", "adaptive"):
         raise EnfError(f"train.clip_grad must be 'none' or 'adaptive', got {train['clip_grad']!r}")
     if train["dtype"] not in ("float32", "float64"):

@@ -179,10 +179,17 @@ class Trainer:
             if self.tcfg["augment_rotation"]:
                 batch = augment(batch)
             self.optimizer.zero_grad(set_to_none=True)
-            out = self.model.nll(batch, trace=trace)
-            nll = out["nll"].mean()
-            reg = out["reg"].mean()
-            loss = nll + weight * reg
+            if self.tcfg["objective"] == "flow_matching":
+                from enf.flow_matching import flow_matching_loss
+
+                out = flow_matching_loss(self.model, batch, self.cfg)
+                loss = out["loss"]
+                nll = reg = loss.new_zeros(())
+            else:
+                out = self.model.nll(batch, trace=trace)
+                nll = out["nll"].mean()
+                reg = out["reg"].mean()
+                loss = nll + weight * reg
             if not torch.isfinite(loss):
                 raise NumericalError(f"non-finite training loss at epoch {epoch}, step {steps} "
                                      f"(nll {float(nll)}, reg {float(reg)})")
@@ -198,7 +205,7 @@ class Trainer:
             steps += 1
             for key, value in (("loss", loss), ("nll", nll), ("reg", reg)):
                 sums[key] += float(value.detach())
-            sums["nfe"] += self.model.cnf.last_nfe
+            sums["nfe"] += self.model.cnf.last_nfe if self.tcfg["objective"] == "likelihood" else 0
             sums["grad_norm"] += norm
             bar.set_postfix(nll=f"{float(nll.detach()):.3f}", nfe=self.model.cnf.last_nfe)
         return {"epoch": epoch, "train_loss": sums["loss"] / steps, "train_nll": sums["nll"] / steps,

@@ -19,6 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--epochs", type=int, default=None, help="override the protocol's budget")
+    p.add_argument("--objective", choices=("likelihood", "flow_matching"), default=None,
+                   help="training objective (default: maximum likelihood)")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="partial config merged over defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. train.lr=1e-3 (repeatable)")
@@ -38,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         extra["train"]["epochs"] = args.epochs
     if args.device is not None:
         extra["train"]["device"] = args.device
+    if args.objective is not None:
+        extra["train"]["objective"] = args.objective
     cfg = resolve(args.dataset, args.model, args.n_train,
                   load_yaml(args.config) if args.config else None, deep_merge(sets, extra))
     train(cfg, args.data, args.out, progress=not args.no_progress)
