@@ -47,6 +47,10 @@ class PairEnergy:
         """u(d) of the pair potential, elementwise."""
         raise NotImplementedError
 
+    def pair_sq(self, d2: Tensor) -> Tensor:
+        """u as a function of the squared distance (lets energies without odd powers skip the square root)."""
+        return self.pair(d2.sqrt())
+
     def pair_derivatives(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """u(d), u'(d) and u''(d) of the pair potential, elementwise."""
         raise NotImplementedError
@@ -166,6 +170,11 @@ class LennardJonesEnergy(PairEnergy):
 
     def pair(self, d: Tensor) -> Tensor:
         q6 = (self.rm / d).pow(6)
+        return self._scale * (q6 * q6 - 2 * q6)
+
+    def pair_sq(self, d2: Tensor) -> Tensor:
+        q2 = (self.rm * self.rm) / d2
+        q6 = q2 * q2 * q2
         return self._scale * (q6 * q6 - 2 * q6)
 
     def pair_derivatives(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:

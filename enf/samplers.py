@@ -1,4 +1,4 @@
-"""Vectorised Metropolis sampling with many parallel chains: adaptive burn-in, R-hat-checked equilibration, IAT thinning.
+"""Vectorised Metropolis sampling with many parallel chains: adaptive burn-in, R-hat-checked equilibration, thinning.
 
 A kernel does one sweep of every chain at a given step size. `run_chains` then:
 1. burn-in with step-size adaptation (Robbins-Monro on log step toward a target acceptance; adaptation stops here),
@@ -89,31 +89,33 @@ class ParticleKernel:
 
     def sweep(self, x: Tensor, e: Tensor, step: float, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         en = self.energy
-        n, dim, temp = en.n_particles, en.n_dim, en.temperature
+        n, dim, temp, k = en.n_particles, en.n_dim, en.temperature, en.harmonic
         chains = x.shape[0]
-        x = x.clone()
-        noise = torch.randn((n, chains, dim), generator=gen, dtype=x.dtype) * step
+        # Work in the layout (dim, particle, chain): every slice below is contiguous and sums run over axis 0.
+        xt = x.permute(2, 1, 0).contiguous()
+        noise = torch.randn((n, dim, chains), generator=gen, dtype=x.dtype) * step
         log_u = torch.rand((n, chains), generator=gen, dtype=x.dtype).log()
         order = torch.randperm(n, generator=gen).tolist()
+        mean = xt.mean(1)
         accepted = x.new_zeros(chains)
         e_start = e
         for p in order:
-            xp = x[:, p]
-            delta = noise[p]
+            xp, delta = xt[:, p], noise[p]
             new = xp + delta
-            xo = x.index_select(1, self._others[p])
-            d_old = (xo - xp.unsqueeze(1)).pow(2).sum(-1).sqrt()
-            d_new = (xo - new.unsqueeze(1)).pow(2).sum(-1).sqrt()
-            de = (en.pair(d_new) - en.pair(d_old)).sum(-1)
-            if en.harmonic:
-                centred = xp - x.mean(1)
-                de = de + 0.5 * en.harmonic * (2 * (centred * delta).sum(-1) + delta.pow(2).sum(-1) * (1 - 1 / n))
+            xo = xt.index_select(1, self._others[p])
+            old_diff = xo - xp.unsqueeze(1)
+            new_diff = xo - new.unsqueeze(1)
+            de = (en.pair_sq((new_diff * new_diff).sum(0)) - en.pair_sq((old_diff * old_diff).sum(0))).sum(0)
+            if k:
+                de = de + 0.5 * k * (2 * ((xp - mean) * delta).sum(0) + (delta * delta).sum(0) * (1 - 1 / n))
             de = de / temp
             accept = log_u[p] < -de
-            x[:, p] = torch.where(accept.unsqueeze(-1), new, xp)
+            xt[:, p] = torch.where(accept, new, xp)
+            mean = mean + torch.where(accept, delta / n, 0.0)
             e = torch.where(accept, e + de, e)
             accepted += accept.to(x.dtype)
-        x = x - x.mean(1, keepdim=True)
+        x = xt.permute(2, 1, 0)
+        x = (x - x.mean(1, keepdim=True)).contiguous()
         self._sweeps += 1
         if bool((e_start.abs() > 1e6).any()):
             e = self.init(x)  # running sums of huge terms lose precision: start over from a full evaluation

@@ -1,0 +1,44 @@
+# MLflow: the store is created once up front (concurrent first use races on the sqlite schema); then one
+# logging job per cell writes the training run and its evaluation run (nested), under a lock, with retries.
+# These are local rules: on a cluster the sqlite file is only ever touched by the submitting host.
+
+
+rule mlflow_init:
+    output:
+        f"{OUT}/tracking/experiment.json",
+    log:
+        f"{LOGS}/tracking/init.log",
+    params:
+        mlflow=MLFLOW_ARGS,
+        artifact_root=MLFLOW["artifact_root"],
+        description=config["description"].strip().replace("\n", " "),
+    localrule: True
+    resources:
+        mem_mb=res("track", "mem_mb"),
+        runtime=res("track", "runtime"),
+        gpu=0,
+    shell:
+        "{TRACK} init {params.mlflow} --artifact-root {params.artifact_root:q} "
+        "--tag config_name={CONFIG_NAME} --tag mlflow.note.content={params.description:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule track:
+    input:
+        unpack(track_inputs),
+    output:
+        f"{OUT}/tracking/{CELL}/mlflow.json",
+    log:
+        f"{LOGS}/tracking/{CELL}.log",
+    params:
+        mlflow=MLFLOW_ARGS,
+        artifact_root=MLFLOW["artifact_root"],
+        args=track_args,
+    localrule: True
+    resources:
+        mem_mb=res("track", "mem_mb"),
+        runtime=res("track", "runtime"),
+        gpu=0,
+    shell:
+        "{TRACK} train {params.mlflow} --artifact-root {params.artifact_root:q} {params.args} --out {output} "
+        "> {log} 2>&1"

@@ -1,0 +1,36 @@
+# Training: one job per (data set, model, training size, seed). The resumable state in <run>/state/ is not a
+# declared output, so Snakemake's cleanup of a failed job keeps it and a re-run resumes from it.
+
+
+rule train:
+    input:
+        train=data_file("train"),
+        valid=data_file("valid"),
+        test=data_file("test"),
+    output:
+        checkpoint=f"{OUT}/runs/{CELL}/checkpoint.pt",
+        metrics=f"{OUT}/runs/{CELL}/metrics.json",
+        history=f"{OUT}/runs/{CELL}/history.csv",
+        config=f"{OUT}/runs/{CELL}/config.yaml",
+        curves=report(
+            f"{OUT}/runs/{CELL}/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training curves",
+            subcategory="{dataset}",
+            labels={"model": "{model}", "n_train": "{n_train}", "seed": "{seed}"},
+        ),
+    log:
+        f"{LOGS}/train/{CELL}.log",
+    params:
+        run_dir=lambda wc: f"{OUT}/runs/{wc.dataset}/{wc.model}/n{wc.n_train}/seed{wc.seed}",
+        args=train_args,
+        state_key=state_key,
+        code=CODE,
+    threads: res("train", "threads")
+    resources:
+        mem_mb=res("train", "mem_mb"),
+        runtime=res("train", "runtime"),
+        gpu=res("train", "gpu"),
+    shell:
+        "( {PREPARE_RUN_DIR} --run-dir {params.run_dir} --key {params.state_key} && "
+        "OMP_NUM_THREADS={threads} {GPU_SLOT} {ENF} train {params.args} --out {params.run_dir} ) > {log} 2>&1"
