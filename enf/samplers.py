@@ -77,9 +77,13 @@ class ParticleKernel:
 
     target_accept = 0.4
 
-    def __init__(self, energy: PairEnergy, check_every: int = 100) -> None:
+    def __init__(self, energy: PairEnergy, check_every: int = 100, permute: bool = True,
+                 jump_prob: float = 0.0, jump_factor: float = 1.0) -> None:
         self.energy = energy
+        self.jump_prob = jump_prob
+        self.jump_factor = jump_factor
         self.check_every = check_every
+        self.permute = permute
         n = energy.n_particles
         self._others = [torch.tensor([j for j in range(n) if j != p]) for p in range(n)]
         self._sweeps = 0
@@ -94,6 +98,9 @@ class ParticleKernel:
         # Work in the layout (dim, particle, chain): every slice below is contiguous and sums run over axis 0.
         xt = x.permute(2, 1, 0).contiguous()
         noise = torch.randn((n, dim, chains), generator=gen, dtype=x.dtype) * step
+        if self.jump_prob:
+            jump = torch.rand((n, 1, chains), generator=gen, dtype=x.dtype) < self.jump_prob
+            noise = torch.where(jump, noise * self.jump_factor, noise)
         log_u = torch.rand((n, chains), generator=gen, dtype=x.dtype).log()
         order = torch.randperm(n, generator=gen).tolist()
         mean = xt.mean(1)
@@ -116,6 +123,11 @@ class ParticleKernel:
             accepted += accept.to(x.dtype)
         x = xt.permute(2, 1, 0)
         x = (x - x.mean(1, keepdim=True)).contiguous()
+        if self.permute:
+            # Relabel the particles of every chain at random: the energy is symmetric, so this move is always
+            # accepted; it randomises which labelled pair sits in which mode (shapes still have to mix).
+            perm = torch.rand((chains, n), generator=gen).argsort(1)
+            x = x.gather(1, perm.unsqueeze(-1).expand(-1, -1, dim))
         self._sweeps += 1
         if bool((e_start.abs() > 1e6).any()):
             e = self.init(x)  # running sums of huge terms lose precision: start over from a full evaluation

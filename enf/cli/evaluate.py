@@ -20,6 +20,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=None, help="evaluate only the first N samples")
     p.add_argument("--seed", type=int, default=0, help="seed of the Hutchinson probes")
     add_device(p)
+    # -- Boltzmann-generator evaluation (enf/boltzmann.py) --
+    p.add_argument("--boltzmann", type=int, default=0, metavar="N",
+                   help="DW4/LJ13: also reverse ESS from N model samples, forward ESS on the data, energy and "
+                        "pair-distance histograms (JSON key 'boltzmann', figure OUT_boltzmann.png)")
+    p.add_argument("--boltzmann-trace", choices=("exact", "hutchinson"), default="exact",
+                   help="trace for the model's log-density in the Boltzmann evaluation (default: exact)")
     p.set_defaults(func=run)
 
 
@@ -46,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     result.update(checkpoint=str(Path(args.checkpoint)), data=str(Path(args.data)),
                   data_sha256=sha256_file(args.data), dataset=cfg["dataset"], model=cfg["model"]["name"],
                   seed=args.seed, code_version=code_version(), device=str(device))
+    if args.boltzmann:  # Boltzmann-generator evaluation (enf/boltzmann.py)
+        from enf.boltzmann import evaluate_for_cli
+
+        result["boltzmann"] = evaluate_for_cli(model, cfg, data, args.data, args.boltzmann, args.out,
+                                               args.boltzmann_trace, args.seed, args.batch_size)
     write_json(args.out, result)
     print(f"NLL {result['nll']:.4f} +- {result['nll_sem']:.4f} (n={result['n']}, trace {trace}, "
           f"{result['seconds']:.1f} s)")
