@@ -23,16 +23,18 @@ except WorkflowError as err:  # name the offending key in one line instead of pr
 report: "workflow/report/workflow.rst"
 
 
+include: "workflow/rules/flow_matching.smk"  # before common.smk: extends config with the flow-matching rows
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/boltzmann.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/tables.smk"
 
 
 rule all:
     input:
-        all_targets(),
+        all_targets() + boltzmann_targets(),
     default_target: True
     localrule: True

@@ -42,7 +42,8 @@ class MoleculeFlow(nn.Module):
 
     def __init__(self, cnf: CNF, max_nodes: int, n_dim: int = 3, n_categories: int = 5,
                  dequantizer_nf: int = 64, dequantizer_layers: int = 4, actnorm: bool = True,
-                 actnorm_position_logdet: str = "all", sample_batch_size: int = 128) -> None:
+                 actnorm_position_logdet: str = "all", sample_batch_size: int = 128,
+                 group_size: int | None = 32) -> None:
         super().__init__()
         self.cnf = cnf
         self.max_nodes = max_nodes
@@ -55,6 +56,7 @@ class MoleculeFlow(nn.Module):
         self.dequantizer = ArgmaxVariationalDequantizer(n_categories, dequantizer_nf, dequantizer_layers)
         self.actnorm = ActNorm(n_dim, self.n_features, actnorm_position_logdet) if actnorm else None
         self.sample_batch_size = sample_batch_size
+        self.group_size = group_size
         self.register_buffer("size_probs", torch.zeros(max_nodes + 1))
 
     # -- p(M) ----------------------------------------------------------------------------------------
@@ -101,9 +103,32 @@ class MoleculeFlow(nn.Module):
             eps: Tensor | None = None) -> dict[str, Tensor]:
         """Per-molecule NLL bound (B,) in nats with its parts, and the CNF regulariser (B,).
 
-        Padding columns that no molecule of the batch uses are dropped first (as the authors' collate does),
-        which changes nothing but the cost. `eps` fixes the dequantiser's noise (tests).
+        A batch larger than `group_size` is sorted by molecule size and solved in groups of that many
+        molecules, each padded only to its own largest molecule: a dense EGNN's cost grows with the padded
+        width squared, so this roughly halves the work on QM9. Each molecule's value does not depend on
+        its batch (up to the solver's tolerance), so grouping changes the cost, not the estimator.
+        `eps` (B, N, F) fixes the dequantiser's noise (tests). `cnf.last_nfe` becomes the groups' mean.
         """
+        mask = batch["mask"]
+        n = mask.shape[0]
+        if not self.group_size or n <= self.group_size:
+            return self._nll_group(batch, trace, eps)
+        order = torch.argsort(mask.sum(1), stable=True)
+        parts: list[dict[str, Tensor]] = []
+        nfes: list[int] = []
+        for start in range(0, n, self.group_size):
+            idx = order[start:start + self.group_size]
+            sub = {k: v[idx] for k, v in batch.items() if isinstance(v, Tensor) and v.shape[:1] == (n,)}
+            parts.append(self._nll_group(sub, trace, eps[idx] if eps is not None else None))
+            nfes.append(self.cnf.last_nfe)
+        inverse = torch.argsort(order)
+        self.cnf.last_nfe = round(sum(nfes) / len(nfes))
+        return {k: torch.cat([p[k] for p in parts])[inverse] for k in parts[0]}
+
+    def _nll_group(self, batch: dict[str, Tensor], trace: str | None,
+                   eps: Tensor | None) -> dict[str, Tensor]:
+        """`nll` for one solve: padding columns that no molecule uses are dropped first (as the authors'
+        collate does), which changes nothing but the cost."""
         mask = batch["mask"]
         width = mask.shape[1]
         used = mask.bool().any(0)

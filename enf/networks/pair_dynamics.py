@@ -75,16 +75,18 @@ class SimpleDynamics(VectorField):
         return remove_mean(-grad, mask)
 
 
-def normalised_rbf(d: Tensor, mus: Tensor, neg_log_widths: Tensor) -> tuple[Tensor, Tensor]:
-    """Normalised RBFs rho_l(d) = g_l / (1e-6 + sum g) (..., L) and their derivatives d rho_l / d d."""
+def normalised_rbf(d: Tensor, mus: Tensor, neg_log_widths: Tensor,
+                   derivative: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Normalised RBFs rho_l(d) = g_l / (1e-6 + sum g) (..., L), and d rho_l / d d when `derivative`."""
     inv_w2 = torch.exp(2 * neg_log_widths)
     diff = d - mus
     g = torch.exp(-diff * diff * inv_w2)
-    dg = -2 * diff * inv_w2 * g
     s = NORM_EPS + g.sum(-1, keepdim=True)
     rho = g / s
-    drho = dg / s - g * dg.sum(-1, keepdim=True) / (s * s)
-    return rho, drho
+    if not derivative:
+        return rho, None
+    dg = -2 * diff * inv_w2 * g
+    return rho, dg / s - rho * dg.sum(-1, keepdim=True) / s
 
 
 def compute_gammas(mus: Tensor, gain: Tensor | float = 1.0) -> Tensor:
@@ -137,13 +139,13 @@ class KernelDynamics(VectorField):
         self.bias = nn.Parameter(torch.zeros(n_time_rbf))
         self.importance = nn.Parameter(torch.zeros(n_rbf))
 
-    def _magnitudes(self, t: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
-        """f(d, t) and df/dd, each shaped like d."""
+    def _magnitudes(self, t: Tensor, d: Tensor, derivative: bool = False) -> tuple[Tensor, Tensor | None]:
+        """f(d, t) shaped like d, and df/dd when `derivative`."""
         tau, _ = normalised_rbf(t.reshape(1).to(d.dtype), self.mus_time, self.neg_log_widths_time)   # (K,)
-        coef = self.weight @ tau                                                         # (L,)
-        rho, drho = normalised_rbf(d, self.mus, self.neg_log_widths)                      # (B, N, N, L)
-        offset = (self.importance ** 2) @ coef + self.bias @ tau
-        return rho @ coef[:, None] + offset, drho @ coef[:, None]
+        coef = (self.weight @ tau)[:, None]                                              # (L, 1)
+        rho, drho = normalised_rbf(d, self.mus, self.neg_log_widths, derivative)         # (B, N, N, L)
+        f = rho @ coef + ((self.importance ** 2) @ coef + self.bias @ tau)
+        return f, (drho @ coef if drho is not None else None)
 
     def forward(self, t: Tensor, xh: Tensor, mask: Tensor | None = None) -> Tensor:
         r, d, edge_mask = pair_geometry(xh, mask)
@@ -153,7 +155,7 @@ class KernelDynamics(VectorField):
 
     def divergence(self, t: Tensor, xh: Tensor, mask: Tensor | None = None) -> Tensor:
         r, d, edge_mask = pair_geometry(xh, mask)
-        f, df = self._magnitudes(t, d)
+        f, df = self._magnitudes(t, d, derivative=True)
         r2 = (r * r).sum(-1, keepdim=True)
         return ((self.n_dim * f + df * r2 / d) * edge_mask).sum(dim=(1, 2, 3))
 

@@ -230,9 +230,11 @@ def test_closed_form_log_det_equals_the_exact_trace_in_the_cnf() -> None:
 def test_trains_through_the_pipeline_on_every_dataset(name: str, dataset: str, shape: tuple[int, int],
                                                       tmp_path: Path) -> None:
     data = write_particle_data(tmp_path / "data", *shape, {"train": 8, "valid": 4, "test": 4})
-    sets = {"train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8}}
+    sets: dict = {"train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 8}}
     if name == "simple_dynamics":
         sets["flow"] = {"rtol": 1e-3, "atol": 1e-3}
+    elif dataset != "dw4":  # kernel dynamics keeps its own tight tolerances on DW4 only, to stay quick
+        sets["flow"] = {"rtol": 1e-4, "atol": 1e-6}
     metrics = train(resolve(dataset, name, 8, sets=sets), data, tmp_path / "run", progress=False)
     assert np.isfinite(metrics["test_nll"]) and metrics["mean_nfe"] > 0
 

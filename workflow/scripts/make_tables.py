@@ -103,10 +103,16 @@ def aggregate(long: pd.DataFrame) -> pd.DataFrame:
                     "n_seeds": int(len(values)), "seeds": ",".join(str(s) for s in group["seed"]),
                     "test_sem_mean": sems.mean() if len(sems) else math.nan,
                     "trace": ",".join(sorted({str(t) for t in group["trace"].dropna()})) or None,
-                    "probes": ",".join(sorted({str(p) for p in group["probes"].dropna()})) or None,
-                    "n_eval": ",".join(sorted({str(n) for n in group["n_eval"].dropna()})) or None,
+                    "probes": ints(group["probes"]),
+                    "n_eval": ints(group["n_eval"]),
                     "status": "measured" if len(values) else NOT_RUN})
     return pd.DataFrame(out)
+
+
+def ints(values: pd.Series) -> str | None:
+    """Distinct integer values as '1,5' (None when there are none)."""
+    found = sorted({int(float(v)) for v in values.dropna()})
+    return ",".join(map(str, found)) or None
 
 
 def attach_paper(agg: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.DataFrame:
@@ -123,6 +129,35 @@ def attach_paper(agg: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.DataF
     agg["paper"] = values
     agg["diff"] = agg["mean"] - agg["paper"]
     return agg
+
+
+def add_paper_cells(agg: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Add every cell of the paper's table that this configuration did not run, marked "not run"."""
+    paper = paper[paper["table"] == table].copy()
+    paper["n_train"] = paper["n_train"].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
+    have = {(r.dataset, r.method, r.n_train if table == "table1" else "", r.metric) for r in agg.itertuples()}
+    extra = []
+    for r in paper.itertuples():
+        if (r.dataset, r.method, r.n_train, r.metric) in have:
+            continue
+        extra.append({"dataset": r.dataset, "model": "", "method": r.method, "kind": "paper",
+                      "n_train": r.n_train or "all", "metric": r.metric, "mean": math.nan, "std": math.nan,
+                      "n_seeds": 0, "seeds": "", "test_sem_mean": math.nan, "trace": None, "probes": None,
+                      "n_eval": None, "status": NOT_RUN, "paper": float(r.value), "diff": math.nan})
+    if not extra:
+        return agg
+    return pd.concat([agg, pd.DataFrame(extra)], ignore_index=True)
+
+
+def order(agg: pd.DataFrame) -> pd.DataFrame:
+    """Rows by data set (paper order), then training size (numeric), keeping the method order of appearance."""
+    ds_rank = {ds: i for i, ds in enumerate(DATASET_NAMES)}
+    method_rank = {m: i for i, m in enumerate(dict.fromkeys(agg["method"]))}
+    key = pd.DataFrame({
+        "ds": agg["dataset"].map(lambda d: ds_rank.get(d, 99)),
+        "n": agg["n_train"].map(lambda n: int(n) if str(n).isdigit() else 10**12),
+        "m": agg["method"].map(method_rank)})
+    return agg.loc[key.sort_values(["ds", "n", "m"], kind="stable").index].reset_index(drop=True)
 
 
 # -- what the configuration changes relative to the protocol -------------------------------------------------
@@ -151,11 +186,12 @@ def deviations(meta: dict[str, Any], protocol: dict[str, Any] | None) -> list[st
                     out.append(f"{name} n={column}: trained on the first {n} training samples instead of "
                                f"{what}")
             pbudget = pexp.get("budgets", {}).get(pn, {}) if pn else {}
-            for key, label in (("epochs", "epochs"), ("batch_size", "batch size"), ("eval_every", "evaluation every")):
+            phrases = {"epochs": "{} epochs instead of the protocol's {}",
+                       "batch_size": "batch size {} instead of the protocol's {}",
+                       "eval_every": "validation every {} epoch(s) instead of every {}"}
+            for key, phrase in phrases.items():
                 if key in budget and pbudget.get(key) is not None and budget[key] != pbudget[key]:
-                    unit = " epochs" if key == "eval_every" else ""
-                    out.append(f"{name} n={column}: {label} {budget[key]}{unit} instead of the protocol's "
-                               f"{pbudget[key]}{unit}")
+                    out.append(f"{name} n={column}: " + phrase.format(budget[key], pbudget[key]))
         ev, pev = exp.get("evaluate") or {}, pexp.get("evaluate") or {}
         if ev.get("n") and ev.get("n") != pev.get("n"):
             out.append(f"{name}: test NLL on the first {ev['n']} test samples instead of the whole test split")
@@ -239,14 +275,14 @@ def footer(meta: dict[str, Any], agg: pd.DataFrame, devs: list[str], code_versio
     n_seeds = len(meta["seeds"])
     lines.append(f"Cells: mean ± sample standard deviation over {n_seeds} seed(s) ({', '.join(map(str, meta['seeds']))})"
                  + (" (one seed: no standard deviation)" if n_seeds == 1 else "")
-                 + "; in brackets the paper's value and ours − paper. \"not run\" = no measurement.")
+                 + "; in brackets the paper's value and ours − paper; 'not run (x)': no measurement here, x the paper's.")
     nll = agg[(agg["metric"] == "nll") & (agg["status"] == "measured")]
     est = []
     for ds in dict.fromkeys(nll["dataset"]):
         sub = nll[nll["dataset"] == ds]
-        traces = ",".join(sorted({t for t in sub["trace"].dropna()}))
-        probes = ",".join(sorted({p for p in sub["probes"].dropna()}))
-        n_eval = ",".join(sorted({n for n in sub["n_eval"].dropna()}, key=lambda x: int(x.split(",")[0])))
+        traces = ",".join(sorted({t for v in sub["trace"].dropna() for t in v.split(",")}))
+        probes = ints(pd.Series([p for v in sub["probes"].dropna() for p in v.split(",")]))
+        n_eval = ints(pd.Series([n for v in sub["n_eval"].dropna() for n in v.split(",")]))
         est.append(f"{DATASET_NAMES.get(ds, ds)}: {traces} trace" + (f", {probes} probe(s)" if "hutchinson" in traces
                                                                       else "") + f", {n_eval} test samples")
     if est:
@@ -300,7 +336,9 @@ def make_table(manifest: list[dict[str, Any]], meta: dict[str, Any], paper_csv: 
     """Build and write one table; return the aggregated long-form frame (what the csv holds)."""
     table = meta["table"]
     long = collect(manifest, table)
-    agg = attach_paper(aggregate(long), pd.read_csv(paper_csv, dtype={"n_train": str}), table)
+    paper = pd.read_csv(paper_csv, dtype={"n_train": str})
+    agg = attach_paper(aggregate(long), paper, table)
+    agg = order(add_paper_cells(agg, paper, table))
     agg.insert(0, "table", table)
     agg["config_name"] = meta["config_name"]
     agg["budget"] = meta["budget_note"]

@@ -1,0 +1,132 @@
+"""Unit tests of the workflow's helper scripts: tables, run-directory state keys, GPU slots (no Snakemake run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "workflow" / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import make_tables  # noqa: E402
+import prepare_run_dir  # noqa: E402
+
+
+def _cell(tmp: Path, dataset: str, model: str, label: str, n: str, seed: int, nll: float | None,
+          analysis: dict | None = None) -> dict:
+    base = tmp / dataset / model / n / str(seed)
+    base.mkdir(parents=True)
+    rec = {"dataset": dataset, "model": model, "label": label, "n_train": n, "seed": seed, "kind": "trained",
+           "evaluation": None, "run": str(base / "metrics.json"), "config": None, "analysis": None}
+    (base / "metrics.json").write_text(json.dumps({"code_version": "enf test"}))
+    if nll is not None:
+        (base / "test.json").write_text(json.dumps({"nll": nll, "nll_sem": 0.1, "n": 40, "trace": "exact",
+                                                    "probes": 1}))
+        rec["evaluation"] = str(base / "test.json")
+    if analysis is not None:
+        (base / "analysis.json").write_text(json.dumps(analysis))
+        rec["analysis"] = str(base / "analysis.json")
+    return rec
+
+
+def _meta(table: str, experiments: dict, seeds: list[int]) -> dict:
+    return {"table": table, "config_name": "unit", "config_files": ["config/unit.yaml"],
+            "budget_note": "REDUCED unit-test budget", "seeds": seeds, "experiments": experiments,
+            "pretrained": None, "models": {"enf": "E-NF", "gnf": "GNF"}, "model_settings": {}}
+
+
+def test_table1_mean_std_paper_diff_and_not_run(tmp_path: Path) -> None:
+    manifest = [_cell(tmp_path, "dw4", "enf", "E-NF", "100", s, v) for s, v in ((0, 8.0), (1, 9.0), (2, 10.0))]
+    manifest += [_cell(tmp_path, "dw4", "gnf", "GNF", "100", 0, None)]
+    exps = {"dw4": {"n_train": ["100"], "budgets": {"100": {"epochs": 2, "eval_every": 1, "batch_size": 100}},
+                    "evaluate": {"n": 40}, "sample": None}}
+    protocol = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    out = tmp_path / "t1"
+    agg = make_tables.make_table(manifest, _meta("table1", exps, [0, 1, 2]), ROOT / "workflow" / "resources" /
+                                 "paper_tables.csv", protocol, f"{out}.csv", f"{out}.md", f"{out}.tex")
+    enf = agg[(agg["model"] == "enf") & (agg["n_train"] == "100")].iloc[0]
+    assert enf["mean"] == pytest.approx(9.0) and enf["std"] == pytest.approx(1.0) and enf["n_seeds"] == 3
+    assert enf["paper"] == pytest.approx(8.31) and enf["diff"] == pytest.approx(9.0 - 8.31)
+    gnf = agg[agg["model"] == "gnf"].iloc[0]
+    assert gnf["status"] == "not run" and pd.isna(gnf["mean"])
+    md = Path(f"{out}.md").read_text()
+    assert "9.00 ± 1.00 (8.31; +0.69)" in md
+    assert "not run (11.93)" in md
+    assert "REDUCED unit-test budget" in md and "Configuration: unit" in md
+    assert "2 epochs instead of the protocol's 1000" in md
+    assert "first 40 test samples" in md
+    # every paper column is present: the ones this config does not run say so
+    assert "LJ13 n=10000" in md and "not run (30.41)" in md
+    tex = Path(f"{out}.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex
+    csv = pd.read_csv(f"{out}.csv")
+    assert {"mean", "std", "paper", "diff", "config_name", "budget", "status"} <= set(csv.columns)
+
+
+def test_table2_stability_in_percent_and_released_row(tmp_path: Path) -> None:
+    analysis = {"atom_stability": 0.85, "mol_stability": 0.05, "validity": 0.5, "uniqueness": 1.0,
+                "novelty": None}
+    manifest = [_cell(tmp_path, "qm9", "enf", "E-NF", "all", 0, -60.0, analysis)]
+    rel = _cell(tmp_path, "qm9", "released", "E-NF (released)", "all", 0, -59.0, analysis)
+    rel["kind"] = "released"
+    data = {"dataset": "qm9", "model": "data", "label": "Data", "n_train": "all", "seed": 0, "kind": "data",
+            "evaluation": None, "run": None, "config": None, "analysis": rel["analysis"]}
+    exps = {"qm9": {"n_train": ["all"], "budgets": {"all": {"epochs": 100, "batch_size": 128}},
+                    "evaluate": {}, "sample": {"n": 10000}}}
+    out = tmp_path / "t2"
+    agg = make_tables.make_table(manifest + [rel, data], _meta("table2", exps, [0]),
+                                 ROOT / "workflow" / "resources" / "paper_tables.csv", None,
+                                 f"{out}.csv", f"{out}.md", f"{out}.tex")
+    atom = agg[(agg["model"] == "enf") & (agg["metric"] == "atom_stability_pct")].iloc[0]
+    assert atom["mean"] == pytest.approx(85.0) and atom["paper"] == pytest.approx(85.0)
+    released = agg[(agg["model"] == "released") & (agg["metric"] == "nll")].iloc[0]
+    assert released["paper"] == pytest.approx(-59.7)  # compared with the paper's E-NF
+    assert agg[(agg["model"] == "data") & (agg["metric"] == "nll")].empty
+    assert agg[(agg["model"] == "enf") & (agg["metric"] == "novelty_pct")].iloc[0]["status"] == "not run"
+    assert "one seed: no standard deviation" in Path(f"{out}.md").read_text()
+
+
+def test_prepare_run_dir_keeps_state_only_for_the_same_key(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert prepare_run_dir.prepare(run, "a") == "fresh"
+    (run / "state").mkdir()
+    (run / "state" / "last.pt").write_text("x")
+    assert prepare_run_dir.prepare(run, "a") == "resume"
+    assert (run / "state" / "last.pt").is_file()
+    assert prepare_run_dir.prepare(run, "b") == "stale"
+    assert not (run / "state").exists() and (run / "state.stale" / "last.pt").is_file()
+    assert (run / "state.key").read_text().strip() == "b"
+
+
+def _gpu_slot(tmp: Path, env: dict, sleep: float) -> subprocess.Popen:
+    cmd = [sys.executable, str(SCRIPTS / "gpu_slot.py"), "--lock-dir", str(tmp / "locks"), "--", sys.executable,
+           "-c", f"import os, time; print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')); time.sleep({sleep})"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_gpu_slot_gives_each_job_its_own_gpu(tmp_path: Path) -> None:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"}
+    env.pop("SLURM_JOB_ID", None)
+    procs = [_gpu_slot(tmp_path, env, 1.5) for _ in range(2)]
+    time.sleep(0.5)
+    third = _gpu_slot(tmp_path, env, 0)  # waits until one of the first two exits
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert sorted(o[0].strip() for o in outs) == ["3", "5"]
+    out, err = third.communicate(timeout=60)
+    assert out.strip() in ("3", "5") and "busy" in err
+
+
+def test_gpu_slot_leaves_cpu_and_slurm_jobs_alone(tmp_path: Path) -> None:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    assert _gpu_slot(tmp_path, env, 0).communicate(timeout=60)[0].strip() == ""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "7", "SLURM_JOB_ID": "1"}
+    assert _gpu_slot(tmp_path, env, 0).communicate(timeout=60)[0].strip() == "7"
