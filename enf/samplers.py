@@ -70,20 +70,24 @@ class ParticleKernel:
     """Single-particle Metropolis moves for a pair energy: one sweep moves every particle once, in random order.
 
     Each move changes only the moved particle's N - 1 pair terms (and the harmonic term), so a sweep costs about
-    two full energy evaluations but mixes far better than whole-configuration moves. States are re-centred after
-    each sweep (a translation changes nothing); the running energy is checked against a full evaluation every
-    `check_every` sweeps.
+    two full energy evaluations but mixes far better than whole-configuration moves. With `jump_prob` > 0 a
+    move uses `jump_factor` times the step instead (a symmetric Gaussian mixture proposal, so plain Metropolis
+    still applies): long jumps carry particles across barriers, as DW4's two pair-distance modes need. States
+    are re-centred after each sweep (a translation changes nothing); the running energy is checked against a
+    full evaluation every `check_every` sweeps.
     """
 
     target_accept = 0.4
 
-    def __init__(self, energy: PairEnergy, check_every: int = 100, permute: bool = True,
-                 jump_prob: float = 0.0, jump_factor: float = 1.0) -> None:
+    def __init__(self, energy: PairEnergy, check_every: int = 100, jump_prob: float = 0.0,
+                 jump_factor: float = 1.0) -> None:
+        if not 0 <= jump_prob <= 1 or jump_factor <= 0:
+            raise EnfError(f"jump probability must be in [0, 1] and jump factor positive, got {jump_prob}, "
+                           f"{jump_factor}")
         self.energy = energy
         self.jump_prob = jump_prob
         self.jump_factor = jump_factor
         self.check_every = check_every
-        self.permute = permute
         n = energy.n_particles
         self._others = [torch.tensor([j for j in range(n) if j != p]) for p in range(n)]
         self._sweeps = 0
@@ -123,11 +127,6 @@ class ParticleKernel:
             accepted += accept.to(x.dtype)
         x = xt.permute(2, 1, 0)
         x = (x - x.mean(1, keepdim=True)).contiguous()
-        if self.permute:
-            # Relabel the particles of every chain at random: the energy is symmetric, so this move is always
-            # accepted; it randomises which labelled pair sits in which mode (shapes still have to mix).
-            perm = torch.rand((chains, n), generator=gen).argsort(1)
-            x = x.gather(1, perm.unsqueeze(-1).expand(-1, -1, dim))
         self._sweeps += 1
         if bool((e_start.abs() > 1e6).any()):
             e = self.init(x)  # running sums of huge terms lose precision: start over from a full evaluation
@@ -156,7 +155,7 @@ class SamplerSettings:
     target_accept: float | None = None   # None: the kernel's default
     adapt_every: int = 10
     thin: int | None = None       # None: ceil(IAT of the last equilibration window)
-    trace_chains: int = 256       # chains whose every-sweep observables are kept for the trace and IAT
+    trace_chains: int = 1024      # chains whose every-sweep observables give the IAT, R-hat checks and trace
 
 
 @dataclass
@@ -166,7 +165,7 @@ class ChainResult:
     samples: Tensor
     energies: Tensor              # reduced energies of the samples, (n_per_chain, chains)
     observables: dict[str, np.ndarray]   # per sample, (n_per_chain, chains)
-    trace: dict[str, np.ndarray]  # every sweep of the sampling phase, (trace_chains, sweeps)
+    trace: dict[str, np.ndarray]  # every sweep of the sampling phase, (min(trace_chains, chains), sweeps)
     burn_in_trace: np.ndarray     # mean reduced energy over chains at every burn-in / equilibration sweep
     diagnostics: dict[str, object] = field(default_factory=dict)
 
@@ -214,6 +213,7 @@ def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSe
     # 2. equilibration windows at the frozen step, until thinned split R-hat agrees
     used = settings.burn_in
     window = settings.window
+    n_trace = min(settings.trace_chains, chains)
     equil: dict[str, object] = {}
     while True:
         rec: dict[str, list[Tensor]] = {}
@@ -222,7 +222,7 @@ def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSe
             x, e, acc = kernel.sweep(x, e, step, gen)
             acc_sum += float(acc.mean())
             burn_means.append(float(e.mean()))
-            for k, v in _observe(x, e, observables).items():
+            for k, v in _observe(x[:n_trace], e[:n_trace], observables).items():
                 rec.setdefault(k, []).append(v.detach().to(torch.float64))
         used += window
         traces = {k: torch.stack(v, 1).numpy() for k, v in rec.items()}
@@ -247,7 +247,6 @@ def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSe
     samples, energies = [], []
     kept_obs: dict[str, list[Tensor]] = {}
     trace: dict[str, list[Tensor]] = {}
-    n_trace = min(settings.trace_chains, chains)
     acc_sum = 0.0
     for _ in range(n_per_chain):
         for _ in range(thin):

@@ -140,3 +140,28 @@ def test_evaluate_cli_with_boltzmann(dw4_dir: Path, tmp_path: Path) -> None:
     assert result["n_samples"] == 16 and result["n_data"] == 16 and result["trace"] == "exact"
     assert len(result["histograms"]["energy_data_density"]) == bz.ENERGY_BINS
     assert (tmp_path / "eval_boltzmann.png").is_file()
+
+
+def test_ess_table_script(tmp_path: Path) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "make_ess_table.py"
+    spec = importlib.util.spec_from_file_location("make_ess_table", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    manifest = []
+    for seed, (rev, fwd) in enumerate(((0.5, 0.4), (0.7, 0.6))):
+        path = tmp_path / f"b{seed}.json"
+        path.write_text(json.dumps({"nll": 8.0, "boltzmann": {
+            "reverse_ess": rev, "forward_ess": fwd, "js_energy_model": 0.01, "js_energy_reweighted": 0.005,
+            "log_z_reverse": 29.6, "log_z_forward": 29.7, "n_failed": 1, "n_samples": 100, "n_data": 50,
+            "trace": "exact"}}))
+        manifest.append({"dataset": "dw4", "model": "enf_fm", "label": "E-NF, flow matching (ours)",
+                         "n_train": "1000", "seed": seed, "boltzmann": str(path)})
+    manifest.append({"dataset": "lj13", "model": "enf", "label": "E-NF", "n_train": "10", "seed": 0,
+                     "boltzmann": str(tmp_path / "missing.json")})
+    module.write(manifest, str(tmp_path / "ess"), "test", "")
+    md = (tmp_path / "ess.md").read_text()
+    assert "| DW4 | 1000 | E-NF, flow matching (ours) | 60.00 ± 14.14 | 50.00 ± 14.14 |" in md
+    assert "| LJ13 | 10 | E-NF | not run |" in md
+    assert (tmp_path / "ess.csv").is_file()

@@ -2,9 +2,9 @@
 
 The energy is written from its definition, not from `enf.energies`: the Lennard-Jones term is a CustomBondForce
 with one bond per unique pair counted twice (the paper's sum over ORDERED pairs i != j) or once (bgflow's), and
-the harmonic term a CustomCentroidBondForce tying each particle to its cluster's centroid. Units: 1 nm = 1 length unit, 1 kJ/mol =
-1 energy unit, 1 dalton per particle, and the temperature at which k_B T = 1 kJ/mol. Several independent clusters
-(replicas) share one System so that one integrator advances them all.
+the harmonic term a CustomCentroidBondForce tying each particle to its cluster's centroid. Units: 1 nm = 1 length
+unit, 1 kJ/mol = 1 energy unit, 1 dalton per particle, and the temperature at which k_B T = 1 kJ/mol. Several
+independent clusters (replicas) share one System so that one integrator advances them all.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def build_system(n_replicas: int = 1, convention: str = "ordered", eps: float = 
     centroid.addGlobalParameter("k", harmonic)
     for rep in range(n_replicas):
         atoms = [rep * N_PARTICLES + i for i in range(N_PARTICLES)]
-        for a in atoms:
+        for _ in atoms:
             system.addParticle(1.0)
         for i in atoms:
             for j in atoms:

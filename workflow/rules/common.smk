@@ -102,6 +102,10 @@ def _check_config():
     """Cross-references the JSON schema cannot express; each message names the key."""
     for ds, exp in EXPERIMENTS.items():
         exp["budgets"] = {str(k): v for k, v in (exp.get("budgets") or {}).items()}
+        exp["columns"] = {str(k): str(v) for k, v in (exp.get("columns") or {}).items()}
+        shown = [exp["columns"].get(str(n), str(n)) for n in exp["n_train"]]
+        if len(set(shown)) != len(shown):
+            raise WorkflowError(f"config: experiments.{ds}.columns maps two training sizes to one column")
         for model in exp["models"]:
             if model not in MODELS:
                 raise WorkflowError(f"config: experiments.{ds}.models lists {model!r}, which is not a key "
@@ -217,6 +221,19 @@ def figure_files(table):
 
 def _set_args(sets):
     return [f"--set={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items()]
+
+
+def data_resources(dataset):
+    return "data_qm9" if dataset.startswith("qm9") else "data"
+
+
+def subset_of(dataset):
+    """{split: N} of data.<set>.subset (empty: the splits as generated)."""
+    return {k: v for k, v in (config["data"].get(dataset, {}).get("subset") or {}).items() if v}
+
+
+def subset_args(dataset):
+    return " ".join(f"--{split} {n}" for split, n in subset_of(dataset).items())
 
 
 def data_args(dataset):
@@ -345,7 +362,8 @@ def table_manifest(table):
     """One record per cell of a table: where its numbers are and what row/column it fills."""
     rows = []
     for ds, m, n, s in cells(table=table):
-        rec = {"dataset": ds, "model": m, "label": label_of(m), "n_train": n, "seed": int(s),
+        column = "all" if m == PRETRAINED else EXPERIMENTS[ds]["columns"].get(n, n)
+        rec = {"dataset": ds, "model": m, "label": label_of(m), "n_train": n, "column": column, "seed": int(s),
                "evaluation": cell_path("eval", ds, m, n, s, "test.json"),
                "run": cell_path("runs", ds, m, n, s, "import.json" if m == PRETRAINED else "metrics.json"),
                "config": cell_path("runs", ds, m, n, s, "config.yaml"),
@@ -354,7 +372,7 @@ def table_manifest(table):
         rows.append(rec)
     if table == "table2" and DATA_ROW_ON:
         rows.append({"dataset": "qm9", "model": "data", "label": config["data_reference"]["label"],
-                     "n_train": "all", "seed": 0, "evaluation": None, "run": None, "config": None,
+                     "n_train": "all", "column": "all", "seed": 0, "evaluation": None, "run": None, "config": None,
                      "analysis": f"{OUT}/data_analysis/qm9/test.json", "kind": "data"})
     return rows
 
@@ -369,6 +387,8 @@ def table_inputs(wc):
 def table_meta(table):
     """What the footer says about the configuration that produced a table."""
     exps = {ds: {"n_train": [str(n) for n in exp["n_train"]], "budgets": exp.get("budgets", {}),
+                 "subset": subset_of(ds),
+                 "columns": exp["columns"],
                  "evaluate": exp.get("evaluate", {}), "sample": exp.get("sample")}
             for ds, exp in EXPERIMENTS.items() if exp["table"] == table}
     return {"table": table, "config_name": CONFIG_NAME, "config_files": CONFIG_FILES,
@@ -389,7 +409,7 @@ def all_targets():
         for cell in cells(table=table):
             files += cell_outputs(cell)
     if LJ13_CHECK_ON:
-        files.append(f"{OUT}/data/lj13_check/check.json")
+        files.append(f"{OUT}/data_full/lj13_check/check.json")
     return files
 
 

@@ -15,6 +15,7 @@ rule import_pretrained:
     params:
         run_dir=f"{OUT}/runs/qm9/{PRETRAINED}/nall/seed0",
         code=CODE,
+    threads: 1
     resources:
         mem_mb=resources_for("default")["mem_mb"],
         runtime=resources_for("default")["runtime"],

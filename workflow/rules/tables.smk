@@ -18,6 +18,7 @@ rule tables:
         meta=lambda wc: table_meta(wc.table),
         protocol=from_basedir("config/config.yaml"),
     localrule: True
+    threads: 1
     resources:
         mem_mb=res("tables", "mem_mb"),
         runtime=res("tables", "runtime"),
@@ -35,6 +36,7 @@ rule figure_nll:
     log:
         f"{LOGS}/figures/{{table}}_nll.log",
     localrule: True
+    threads: 1
     resources:
         mem_mb=res("tables", "mem_mb"),
         runtime=res("tables", "runtime"),
@@ -63,7 +65,7 @@ for _ds in EXPERIMENTS:
             f"data_{_ds}"
         input:
             [f"{OUT}/data/{_ds}/{split}.npz" for split in SETS]
-            + ([f"{OUT}/data/lj13_check/check.json"] if _ds == "lj13" and LJ13_CHECK_ON else []),
+            + ([f"{OUT}/data_full/lj13_check/check.json"] if _ds == "lj13" and LJ13_CHECK_ON else []),
         localrule: True
 
     rule:

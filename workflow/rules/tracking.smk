@@ -13,6 +13,7 @@ rule mlflow_init:
         artifact_root=MLFLOW["artifact_root"],
         description=config["description"].strip().replace("\n", " "),
     localrule: True
+    threads: 1
     resources:
         mem_mb=res("track", "mem_mb"),
         runtime=res("track", "runtime"),
@@ -35,6 +36,7 @@ rule track:
         artifact_root=MLFLOW["artifact_root"],
         args=track_args,
     localrule: True
+    threads: 1
     resources:
         mem_mb=res("track", "mem_mb"),
         runtime=res("track", "runtime"),

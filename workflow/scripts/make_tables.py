@@ -81,7 +81,8 @@ def collect(manifest: list[dict[str, Any]], table: str) -> pd.DataFrame:
                 continue
             value = measured(rec, metric)
             rows.append({"dataset": rec["dataset"], "model": rec["model"], "method": rec["label"],
-                         "kind": rec["kind"], "n_train": str(rec["n_train"]), "seed": rec["seed"],
+                         "kind": rec["kind"], "n_train": str(rec.get("column", rec["n_train"])),
+                         "n_used": str(rec["n_train"]), "seed": rec["seed"],
                          "metric": metric, "value": math.nan if value is None else value,
                          "sem": ev.get("nll_sem") if metric == "nll" else None,
                          "trace": ev.get("trace") if metric == "nll" else None,
@@ -100,6 +101,7 @@ def aggregate(long: pd.DataFrame) -> pd.DataFrame:
         out.append({**dict(zip(keys, key)),
                     "mean": values.mean() if len(values) else math.nan,
                     "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                    "n_used": group["n_used"].iloc[0],
                     "n_seeds": int(len(values)), "seeds": ",".join(str(s) for s in group["seed"]),
                     "test_sem_mean": sems.mean() if len(sems) else math.nan,
                     "trace": ",".join(sorted({str(t) for t in group["trace"].dropna()})) or None,
@@ -141,7 +143,8 @@ def add_paper_cells(agg: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.Da
         if (r.dataset, r.method, r.n_train, r.metric) in have:
             continue
         extra.append({"dataset": r.dataset, "model": "", "method": r.method, "kind": "paper",
-                      "n_train": r.n_train or "all", "metric": r.metric, "mean": math.nan, "std": math.nan,
+                      "n_train": r.n_train or "all", "n_used": "", "metric": r.metric,
+                      "mean": math.nan, "std": math.nan,
                       "n_seeds": 0, "seeds": "", "test_sem_mean": math.nan, "trace": None, "probes": None,
                       "n_eval": None, "status": NOT_RUN, "paper": float(r.value), "diff": math.nan})
     if not extra:
@@ -174,24 +177,23 @@ def deviations(meta: dict[str, Any], protocol: dict[str, Any] | None) -> list[st
         name = DATASET_NAMES.get(ds, ds)
         pexp = protocol.get("experiments", {}).get(ds, {})
         p_ns = [str(n) for n in pexp.get("n_train", [])]
-        for i, n in enumerate(exp["n_train"]):
+        for n in exp["n_train"]:
             budget = exp["budgets"].get(n, {})
-            if n in p_ns:
-                pn, column = n, n
-            else:
-                pn = p_ns[i] if i < len(p_ns) else None
-                column = pn or n
-                if pn is not None:
-                    what = "all" if pn == "all" else pn
-                    out.append(f"{name} n={column}: trained on the first {n} training samples instead of "
-                               f"{what}")
-            pbudget = pexp.get("budgets", {}).get(pn, {}) if pn else {}
+            column = exp.get("columns", {}).get(n, n)
+            if column not in p_ns:
+                out.append(f"{name}: training size {n} is not one of the protocol's ({', '.join(p_ns)})")
+            elif column != n:
+                out.append(f"{name} n={column}: trained on the first {n} training samples instead of "
+                           + ("all" if column == "all" else column))
+            pbudget = pexp.get("budgets", {}).get(column, {})
             phrases = {"epochs": "{} epochs instead of the protocol's {}",
                        "batch_size": "batch size {} instead of the protocol's {}",
                        "eval_every": "validation every {} epoch(s) instead of every {}"}
             for key, phrase in phrases.items():
                 if key in budget and pbudget.get(key) is not None and budget[key] != pbudget[key]:
                     out.append(f"{name} n={column}: " + phrase.format(budget[key], pbudget[key]))
+        for split, n in (exp.get("subset") or {}).items():
+            out.append(f"{name}: only the first {n} samples of the {split} split")
         ev, pev = exp.get("evaluate") or {}, pexp.get("evaluate") or {}
         if ev.get("n") and ev.get("n") != pev.get("n"):
             out.append(f"{name}: test NLL on the first {ev['n']} test samples instead of the whole test split")
@@ -273,9 +275,11 @@ def footer(meta: dict[str, Any], agg: pd.DataFrame, devs: list[str], code_versio
     lines = [f"Configuration: {meta['config_name']} ({', '.join(meta['config_files'])}). "
              f"Budget: {meta['budget_note'] or 'as configured'}."]
     n_seeds = len(meta["seeds"])
-    lines.append(f"Cells: mean ± sample standard deviation over {n_seeds} seed(s) ({', '.join(map(str, meta['seeds']))})"
+    seeds = ", ".join(map(str, meta["seeds"]))
+    lines.append(f"Cells: mean ± sample standard deviation over {n_seeds} seed(s) ({seeds})"
                  + (" (one seed: no standard deviation)" if n_seeds == 1 else "")
-                 + "; in brackets the paper's value and ours − paper; 'not run (x)': no measurement here, x the paper's.")
+                 + "; in brackets the paper's value and ours − paper; 'not run (x)': no measurement here, "
+                   "x the paper's.")
     nll = agg[(agg["metric"] == "nll") & (agg["status"] == "measured")]
     est = []
     for ds in dict.fromkeys(nll["dataset"]):

@@ -183,7 +183,7 @@ def log_run(client: RetryingClient, experiment_id: str, name: str, *, params: di
             artifacts: list[tuple[Path, str | None]], start_ms: int, end_ms: int,
             parent_run_id: str | None = None) -> str:
     """Create one finished run with all its data; return its id."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     tags = {k: str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()}
     if parent_run_id:
