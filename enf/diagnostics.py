@@ -92,6 +92,16 @@ def split_rhat(trace: np.ndarray) -> float:
     return max(bulk, tail)
 
 
+def rhat_noise(chains: int, draws: int) -> float:
+    """Standard deviation of split R-hat for independent draws (half-chains of draws // 2 from 2 * chains).
+
+    R-hat^2 - 1 is about (F - 1) / n with F an F-ratio on 2 * chains - 1 degrees of freedom, so its spread is
+    sqrt(2 / (2 chains - 1)) / (2 n); a simulation gives a slightly smaller value, so this errs on the safe side.
+    """
+    half = max(draws // 2, 1)
+    return math.sqrt(2.0 / max(2 * chains - 1, 1)) / (2.0 * half)
+
+
 def mean_and_se(values: np.ndarray) -> tuple[float, float]:
     """Mean of draws and its standard error, corrected by the autocorrelation time when given (chains, draws)."""
     arr = np.asarray(values, dtype=np.float64)

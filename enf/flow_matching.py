@@ -18,7 +18,9 @@ Pairings of the batch's data with base draws (`flow_matching.pairing`):
   E(n)-equivariant flow's density are invariant under them), then the Hungarian on the aligned costs. The
   per-pair alignment is exact (all permutations, closed-form orthogonal Procrustes) up to `BRUTE_FORCE_MAX`
   nodes, and otherwise alternates a Hungarian node assignment with Kabsch, from the identity, a few times
-  (each step never increases the cost, so the aligned cost is at most the raw one).
+  (each step never increases the cost, so the aligned cost is at most the raw one). Cost: B^2 alignments per
+  batch; DW4 (exact, 24 permutations in closed form) about 0.05 s and LJ13 (iterative, scipy's Hungarian per
+  pair) about 0.5 to 1 s per batch of 100 on one loaded CPU core.
 Molecules (QM9) are paired only with draws of their own size (the base draw carries the molecule's mask).
 """
 
@@ -44,8 +46,14 @@ from enf.networks.base import VectorField
 PAIRINGS = ("none", "ot", "equivariant_ot")
 #: Exact alignment over all N! node permutations up to this many nodes (5! = 120 candidates per pair).
 BRUTE_FORCE_MAX = 5
-#: Hungarian/Kabsch rounds of the iterative alignment (stops earlier once no permutation changes).
-ALIGN_ITERATIONS = 4
+#: Hungarian/Kabsch rounds of the iterative alignment (stops earlier once no permutation changes). On LJ13-sized
+#: Gaussian clouds (batch 100) the mean aligned cost after 1, 2 and 4 rounds was 58.1, 56.5 and 55.7 (plain OT
+#: 123, unpaired 173) at about 1, 1.5 and 2.3 times the cost of one round.
+ALIGN_ITERATIONS = 2
+#: With the iterative alignment, align each data point only to this many draws (nearest by a rotation- and
+#: permutation-invariant lower bound) instead of all B; None aligns all B^2 pairs (the default: the bound ranks
+#: candidates poorly, e.g. k = 20 of 100 left a mean cost of 15.1 where all pairs gave 8.4).
+ALIGN_CANDIDATES: int | None = None
 
 
 # -- settings -------------------------------------------------------------------------------------------
@@ -268,12 +276,26 @@ def align(x: Tensor, y: Tensor, n_dim: int, reflections: bool = True,
 
 
 # -- pairing a batch -----------------------------------------------------------------------------------------
+def radial_lower_bound(x: Tensor, z: Tensor, n_dim: int) -> Tensor:
+    """(B, B') lower bounds of the aligned squared distance of every pair: sum_i (r_x,(i) - r_z,(i))^2 of sorted radii.
+
+    |x_i - R z_pi(i)| >= | |x_i| - |z_pi(i)| | for every orthogonal R, and sorted radii are the best 1D matching,
+    so no permutation and orthogonal map (nor node features, which only add) can go below it.
+    """
+    rx = x[..., :n_dim].pow(2).sum(-1).sqrt().sort(1).values
+    rz = z[..., :n_dim].pow(2).sum(-1).sqrt().sort(1).values
+    return torch.cdist(rx.double(), rz.double()).pow(2)
+
+
 def pair_batch(x: Tensor, z: Tensor, pairing: str, n_dim: int, reflections: bool = True,
-               iterations: int = ALIGN_ITERATIONS) -> Tensor:
+               iterations: int = ALIGN_ITERATIONS, candidates: int | None = ALIGN_CANDIDATES) -> Tensor:
     """Reorder (and, for equivariant_ot, align) the base draws z (B, N, C) to the data x (B, N, C).
 
     Returns z' with z'[i] the draw paired with x[i]. All samples must have the same real nodes (no padding);
-    `pair_masked` handles batches of mixed sizes.
+    `pair_masked` handles batches of mixed sizes. With the iterative alignment (more than `BRUTE_FORCE_MAX`
+    nodes) and `candidates` = k, each data point is aligned only to the k draws of smallest
+    `radial_lower_bound`; every other pair keeps its unaligned cost, which is achievable, so the pairing is
+    still never worse than the unpaired batch (B * k instead of B^2 alignments).
     """
     if pairing not in PAIRINGS:
         raise EnfError(f"flow_matching.pairing must be one of {PAIRINGS}, got {pairing!r}")
@@ -282,15 +304,28 @@ def pair_batch(x: Tensor, z: Tensor, pairing: str, n_dim: int, reflections: bool
             return align(x, z, n_dim, reflections, iterations)[0]
         return z
     b = x.shape[0]
+    raw = torch.cdist(x.flatten(1).double(), z.flatten(1).double()).pow(2)
     if pairing == "ot":
-        cost = torch.cdist(x.flatten(1).double(), z.flatten(1).double()).pow(2)
-        col = torch.as_tensor(linear_sum_assignment(cost.cpu().numpy())[1], device=x.device)
+        col = torch.as_tensor(linear_sum_assignment(raw.cpu().numpy())[1], device=x.device)
         return z[col]
-    xs = x.unsqueeze(1).expand(b, b, *x.shape[1:]).reshape(b * b, *x.shape[1:])
-    zs = z.unsqueeze(0).expand(b, b, *z.shape[1:]).reshape(b * b, *z.shape[1:])
-    images, cost = align(xs, zs, n_dim, reflections, iterations)
-    col = torch.as_tensor(linear_sum_assignment(cost.reshape(b, b).cpu().numpy())[1], device=x.device)
-    return images.reshape(b, b, *z.shape[1:])[torch.arange(b, device=x.device), col]
+    if x.shape[1] > BRUTE_FORCE_MAX and candidates is not None and candidates < b:
+        near = radial_lower_bound(x, z, n_dim).topk(candidates, dim=1, largest=False).indices     # (B, k)
+        rows = torch.arange(b, device=x.device).repeat_interleave(candidates)
+        cols = near.flatten()
+    else:
+        rows = torch.arange(b, device=x.device).repeat_interleave(b)
+        cols = torch.arange(b, device=x.device).repeat(b)
+    images, cost = align(x[rows], z[cols], n_dim, reflections, iterations)
+    full = raw.clone()
+    full[rows, cols] = cost.double()
+    col = torch.as_tensor(linear_sum_assignment(full.cpu().numpy())[1], device=x.device)
+    slot = torch.full((b, b), -1, dtype=torch.long, device=x.device)
+    slot[rows, cols] = torch.arange(rows.numel(), device=x.device)
+    chosen = slot[torch.arange(b, device=x.device), col]
+    out = z[col].clone()
+    aligned = chosen >= 0
+    out[aligned] = images[chosen[aligned]]
+    return out
 
 
 def pair_masked(x: Tensor, z: Tensor, mask: Tensor | None, pairing: str, n_dim: int,

@@ -56,6 +56,17 @@ def test_pairing_never_increases_transport_cost(n: int, d: int, features: int, p
         assert (cost <= fm.squared_distance(x, z) + 1e-9).all()
 
 
+def test_candidate_pairing_is_valid_and_radial_bound_is_a_lower_bound() -> None:
+    x, z = _cloud(12, 7, 3, 20, scale=1.5), _cloud(12, 7, 3, 21)
+    zp = fm.pair_batch(x, z, "equivariant_ot", 3, candidates=3)
+    assert fm.squared_distance(x, zp).sum() <= fm.squared_distance(x, fm.pair_batch(x, z, "ot", 3)).sum() + 1e-9
+    assert sorted(zp.pow(2).sum((1, 2)).tolist()) == pytest.approx(sorted(z.pow(2).sum((1, 2)).tolist()))
+    xs, zs = _cloud(6, 5, 3, 22, scale=1.5), _cloud(6, 5, 3, 23)
+    bound = fm.radial_lower_bound(xs, zs, 3)
+    exact = torch.stack([_brute_force_orbit_distance(xs, zs[j:j + 1].expand_as(xs), 3) for j in range(6)], 1)
+    assert (bound <= exact + 1e-9).all()
+
+
 def test_exact_alignment_matches_enumeration_and_iterative_is_an_upper_bound() -> None:
     x, y = _cloud(40, 4, 2, 2, scale=2.0), _cloud(40, 4, 2, 3)
     exact = _brute_force_orbit_distance(x, y, 2)

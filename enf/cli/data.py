@@ -37,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                            help="LJ term over ordered pairs (the paper's data, default) or unique pairs (bgflow)")
             q.add_argument("--no-openmm-check", dest="openmm_check", action="store_false",
                            help="skip the OpenMM Langevin cross-check")
+        q.add_argument("--quick", action="store_true",
+                       help="smoke tests only: no wait for equilibrium, failed checks recorded, not refused")
         q.add_argument("--force", action="store_true", help="overwrite whatever the folder holds")
         q.set_defaults(func=run_particles)
     for name, what in (("qm9", "QM9 molecules with atom types, Cormorant split"),
@@ -56,7 +58,7 @@ def run_particles(args: argparse.Namespace) -> int:
                        seed=args.seed, energy=getattr(args, "energy", "ordered"), chains=args.chains,
                        eval_chains=args.eval_chains, burn_in=args.burn_in, max_sweeps=args.max_sweeps,
                        rhat_target=args.rhat_target, openmm_check=getattr(args, "openmm_check", False),
-                       force=args.force, log=_log)
+                       quick=args.quick, force=args.force, log=_log)
     return 0
 
 

@@ -29,6 +29,7 @@ from enf.diagnostics import (
     mean_and_se,
     one_pair_per_sample,
     pair_distances,
+    rhat_noise,
     z_score,
 )
 from enf.energies import LJ13_CONVENTIONS, PairEnergy, make_energy
@@ -45,6 +46,8 @@ Z_LIMIT = 4.0
 KS_ALPHA = 1e-3
 RHAT_SAMPLES_LIMIT = 1.05
 LJ13_REFERENCE_MEAN_ENERGY = -43.06   # protocol, section 3: <E> of the ordered-pair LJ13 density
+QUICK_BURN_IN = 100
+QUICK_SETTINGS = {"window": 100, "thin": 10}   # smoke tests: one short window, fixed thinning
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Recipe:
 
 
 RECIPES = {
-    "dw4": Recipe(n_train=100_000, chains=4000, eval_chains=200, burn_in=300, initial_step=0.4,
+    "dw4": Recipe(n_train=100_000, chains=4000, eval_chains=100, burn_in=300, initial_step=0.4,
                   target_accept=0.2, jump_prob=0.5, jump_factor=6.0),
     "lj13": Recipe(n_train=10_000, chains=500, eval_chains=100, burn_in=500, initial_step=0.1,
                    target_accept=0.4, jump_prob=0.0, jump_factor=1.0),
@@ -156,15 +159,16 @@ def _split_diagnostics(name: str, energy: PairEnergy, pos: np.ndarray,
     return out, e_np
 
 
-def _failures(split: str, diag: dict[str, Any], rhat_target: float) -> list[str]:
+def _failures(split: str, diag: dict[str, Any]) -> list[str]:
     bad = []
     if abs(diag["configurational_temperature_z"]) > Z_LIMIT:
         bad.append(f"{split}: configurational temperature {diag['configurational_temperature']:.4f} +- "
                    f"{diag['configurational_temperature_se']:.4f} is not 1 (more than {Z_LIMIT} SE away)")
-    rhats = diag["sampler"]["split_rhat_samples"]
-    worst = max(rhats.values(), default=1.0)
-    if worst > max(RHAT_SAMPLES_LIMIT, rhat_target):
-        bad.append(f"{split}: split R-hat of the kept samples is {worst:.4f} (> {RHAT_SAMPLES_LIMIT})")
+    sampler = diag["sampler"]
+    worst = max(sampler["split_rhat_samples"].values(), default=1.0)
+    limit = max(RHAT_SAMPLES_LIMIT, 1 + 3 * rhat_noise(sampler["chains"], sampler["samples_per_chain"]))
+    if worst > limit:
+        bad.append(f"{split}: split R-hat of the kept samples is {worst:.4f} (> {limit:.4f})")
     return bad
 
 
@@ -199,9 +203,12 @@ def _openmm_check(energy: PairEnergy, train_pos: np.ndarray, train_energy: np.nd
 def generate_particles(name: str, out_dir: str | Path, *, n_train: int | None = None, n_valid: int = 1000,
                        n_test: int = 1000, seed: int = 0, energy: str = "ordered", chains: int | None = None,
                        eval_chains: int | None = None, burn_in: int | None = None, max_sweeps: int = 20_000,
-                       rhat_target: float = 1.01, openmm_check: bool = True, force: bool = False,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Generate (or reuse) data set `name` ('dw4' or 'lj13') in `out_dir`; returns its meta.json content."""
+                       rhat_target: float = 1.01, openmm_check: bool = True, quick: bool = False,
+                       force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Generate (or reuse) data set `name` ('dw4' or 'lj13') in `out_dir`; returns its meta.json content.
+
+    `quick` (smoke tests only) skips the wait for equilibrium and records failed checks instead of refusing.
+    """
     if name not in RECIPES:
         raise EnfError(f"unknown particle data set {name!r}; known: {', '.join(RECIPES)}")
     if name == "lj13" and energy not in LJ13_CONVENTIONS:
@@ -213,13 +220,13 @@ def generate_particles(name: str, out_dir: str | Path, *, n_train: int | None = 
     sizes = {"train": recipe.n_train if n_train is None else n_train, "valid": n_valid, "test": n_test}
     n_chains = {"chains": recipe.chains if chains is None else chains,
                 "eval_chains": recipe.eval_chains if eval_chains is None else eval_chains}
-    burn_in = recipe.burn_in if burn_in is None else burn_in
+    burn_in = (QUICK_BURN_IN if quick else recipe.burn_in) if burn_in is None else burn_in
     _check_sizes(name, sizes, n_chains, burn_in, max_sweeps)
     if not 1.0 < rhat_target < 2.0:
         raise EnfError(f"{name}: --rhat-target must be in (1, 2), got {rhat_target}")
     args = {"dataset": name, "n_train": sizes["train"], "n_valid": n_valid, "n_test": n_test, "seed": seed,
             "energy": energy if name == "lj13" else "dw4", "burn_in": burn_in, "max_sweeps": max_sweeps,
-            "rhat_target": rhat_target, **n_chains}
+            "rhat_target": rhat_target, "quick": bool(quick), **n_chains}
     if name == "lj13":
         args["openmm_check"] = bool(openmm_check)
     data_files = [f"{s}.npz" for s in SPLITS]
@@ -230,7 +237,8 @@ def generate_particles(name: str, out_dir: str | Path, *, n_train: int | None = 
     cpu_start = time.process_time()
     target = make_energy(name, energy)
     settings = SamplerSettings(burn_in=burn_in, max_sweeps=max_sweeps, rhat_target=rhat_target,
-                               initial_step=recipe.initial_step, target_accept=recipe.target_accept)
+                               initial_step=recipe.initial_step, target_accept=recipe.target_accept,
+                               equilibrate=not quick, **(QUICK_SETTINGS if quick else {}))
     seeds = np.random.SeedSequence(seed).spawn(len(SPLITS) + 1)
     positions: dict[str, np.ndarray] = {}
     energies: dict[str, np.ndarray] = {}
@@ -255,7 +263,7 @@ def generate_particles(name: str, out_dir: str | Path, *, n_train: int | None = 
         diags[split], energies[split] = _split_diagnostics(name, target, pos, result)
         positions[split] = pos
         traces[split] = result
-        failures += _failures(split, diags[split], rhat_target)
+        failures += _failures(split, diags[split])
         log(f"  {split}: mean energy {diags[split]['mean_energy']:.3f} +- {diags[split]['mean_energy_se']:.3f}, "
             f"T_conf {diags[split]['configurational_temperature']:.4f} +- "
             f"{diags[split]['configurational_temperature_se']:.4f}, acceptance "
@@ -278,17 +286,20 @@ def generate_particles(name: str, out_dir: str | Path, *, n_train: int | None = 
         checks["protocol_mean_energy"] = {"reference": LJ13_REFERENCE_MEAN_ENERGY,
                                           "train_minus_reference": diags["train"]["mean_energy"]
                                           - LJ13_REFERENCE_MEAN_ENERGY}
-    if failures:
+    if failures and not quick:
         raise EnfError(f"{name}: the generated data failed their checks, nothing was written: "
                        + "; ".join(failures))
-    checks["passed"] = True
+    for failure in failures:
+        log(f"warning (quick mode, not enforced): {failure}")
+    checks["passed"] = not failures
+    checks["failures"] = failures
 
     begin_output(out_dir)
     for split in SPLITS:
         save_npz(out_dir / f"{split}.npz", positions=positions[split], energy=energies[split])
     _figures(name, out_dir, positions, energies, traces["train"], openmm_energies)
     meta_extra = {
-        "seed": seed, "energy": target.describe(), "dtype": "float32 positions, float64 energy",
+        "seed": seed, "quick": quick, "energy": target.describe(), "dtype": "float32 positions, float64 energy",
         "centre_of_mass": "removed per sample",
         "order": "draw-major: sample k is draw k // chains of chain k % chains",
         "sampler": {"kernel": "single-particle Metropolis sweeps (Gaussian moves, random order)",

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from enf.cli import main
 from enf.config import resolve
 from enf.data.datasets import DATASETS
+from enf.errors import EnfError
 from enf.flows.molecules import MoleculeFlow, build_molecule_flow
 from enf.geometry import random_orthogonal, remove_mean
 from enf.models import build_cnf
@@ -20,7 +21,7 @@ CHARGES = np.array([1, 6, 7, 8, 9])
 
 
 def tiny_cfg(model: str = "enf") -> dict:
-    cfg = resolve("qm9", model, sets={"model": {"hidden_nf": 8, "n_layers": 2}})
+    cfg = resolve("qm9", model, sets={"model": {"hidden_nf": 8, "n_layers": 1}})
     cfg["model"].update(dequantizer_nf=8, dequantizer_layers=1)
     return cfg
 
@@ -52,7 +53,8 @@ def molecules(sizes: list[int], width: int = 8, seed: int = 0) -> dict[str, torc
 def initialised(flow: MoleculeFlow, data: dict[str, torch.Tensor]) -> MoleculeFlow:
     torch.manual_seed(0)
     flow.initialize(data, data)
-    for layer in flow.cnf.field.egnn.layers:  # give the coordinate head a real effect
+    egnn = getattr(flow.cnf.field, "egnn", None)
+    for layer in egnn.layers if egnn is not None else ():  # give the coordinate head a real effect
         layer.coord_mlp[2].weight.data.normal_(0, 0.1)
     return flow
 
@@ -86,10 +88,11 @@ def test_size_distribution_sums_to_one_and_matches_the_split_histogram() -> None
 def test_nll_is_the_sum_of_its_parts_and_needs_p_of_m() -> None:
     data = molecules([3, 5, 8, 6])
     flow = tiny_flow()
-    with pytest.raises(Exception, match="p\\(M\\) is not set"):
+    with pytest.raises(EnfError, match="p\\(M\\) is not set"):
         flow.nll(data)
     initialised(flow, data)
-    out = flow.nll(data, trace="exact")
+    with torch.no_grad():
+        out = flow.nll(data)
     assert out["nll"].shape == (4,) and torch.isfinite(out["nll"]).all()
     parts = out["log_pz"] + out["delta_logp"] - out["log_q"] + out["log_pM"]
     assert torch.allclose(out["nll"], -parts)
@@ -101,29 +104,29 @@ def test_nll_is_the_sum_of_its_parts_and_needs_p_of_m() -> None:
 
 
 def test_nll_of_a_molecule_does_not_depend_on_its_batch_or_grouping() -> None:
-    data = molecules([3, 5, 8, 6, 4, 7])
-    flow = initialised(tiny_flow(rtol=1e-8), data)
-    eps = torch.randn(6, 8, 6, dtype=torch.float64)
+    data = molecules([3, 5, 2, 4, 5, 3], width=5)
+    flow = initialised(tiny_flow(rtol=1e-7), data)
+    eps = torch.randn(6, 5, 6, dtype=torch.float64)
     with torch.no_grad():
         flow.group_size = None
         batch = flow.nll(data, trace="exact", eps=eps)["nll"]
         flow.group_size = 2
         grouped = flow.nll(data, trace="exact", eps=eps)["nll"]
-        alone = flow.nll({k: v[1:2, :5] for k, v in data.items()}, trace="exact", eps=eps[1:2, :5])["nll"]
+        alone = flow.nll({k: v[3:4, :4] for k, v in data.items()}, trace="exact", eps=eps[3:4, :4])["nll"]
     assert torch.allclose(batch, grouped, atol=1e-5, rtol=0)
-    assert torch.allclose(alone, batch[1:2], atol=1e-5, rtol=0)
+    assert torch.allclose(alone, batch[3:4], atol=1e-5, rtol=0)
 
 
 def test_nll_is_invariant_to_rotations_translations_and_atom_order() -> None:
-    data = molecules([5, 7])
-    flow = initialised(tiny_flow(rtol=1e-8), data)
-    eps = torch.randn(2, 8, 6, dtype=torch.float64)
+    data = molecules([4, 5], width=5)
+    flow = initialised(tiny_flow(rtol=1e-7), data)
+    eps = torch.randn(2, 5, 6, dtype=torch.float64)
     with torch.no_grad():
         ref = flow.nll(data, trace="exact", eps=eps)["nll"]
         q = random_orthogonal(1, 3, reflections=True, dtype=torch.float64)[0]
         moved = dict(data, positions=(data["positions"] @ q.T + 3.0) * data["mask"][..., None])
         assert torch.allclose(flow.nll(moved, trace="exact", eps=eps)["nll"], ref, atol=1e-5)
-        perm = torch.tensor([4, 0, 3, 1, 2, 5, 6, 7])  # permutes the real atoms of the first molecule
+        perm = torch.tensor([2, 0, 3, 1, 4])  # permutes the real atoms of the first molecule
         permuted = {k: v[:1, perm] for k, v in data.items()}
         assert torch.allclose(flow.nll(permuted, trace="exact", eps=eps[:1, perm])["nll"], ref[:1], atol=1e-5)
 

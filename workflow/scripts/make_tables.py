@@ -11,7 +11,6 @@ Run by Snakemake (rule `tables`, via `script:`) or by hand:
                  --out results/tables/table1
 """
 
-from __future__ import annotations
 
 import argparse
 import datetime as dt

@@ -5,7 +5,6 @@ are dashed lines with hollow markers in the same colour. Run by Snakemake (`scri
   plot_results.py --csv results/tables/table1.csv --out results/figures/table1_nll.png
 """
 
-from __future__ import annotations
 
 import argparse
 import sys
