@@ -145,21 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{'model':<16}{'dataset':<16}{'batch':>6}{'params':>9}{'trace':>13}{'field s':>10}{'iter s':>9}"
           f"{'nfe':>7}{'act GB':>8}  note")
-    for dataset in args.datasets.split(","):
-        for name in args.models.split(","):
-            row = bench_one(name, dataset, args.iters, device, dtype, args.adjoint, args.max_gb)
-            rows.append(row)
-            print(f"{name:<16}{dataset:<16}{row['batch']:>6}{row['params']:>9}{row['trace']:>13}"
-                  f"{row['field_s']:>10.4f}{row['iter_s']:>9.3f}{row['nfe']:>7.1f}{row['act_gb']:>8.2f}  "
-                  f"{row['note']}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    with open(args.out, "w", newline="") as handle:  # row by row, so that a killed run keeps what it measured
+        writer = None
+        for dataset in args.datasets.split(","):
+            for name in args.models.split(","):
+                row = bench_one(name, dataset, args.iters, device, dtype, args.adjoint, args.max_gb)
+                if writer is None:
+                    writer = csv.DictWriter(handle, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+                handle.flush()
+                print(f"{name:<16}{dataset:<16}{row['batch']:>6}{row['params']:>9}{row['trace']:>13}"
+                      f"{row['field_s']:>10.4f}{row['iter_s']:>9.3f}{row['nfe']:>7.1f}{row['act_gb']:>8.2f}  "
+                      f"{row['note']}", flush=True)
     print(f"wrote {args.out}")
     return 0
 

@@ -16,7 +16,7 @@ from enf.io import atomic_path  # noqa: E402
 
 def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -30,7 +30,7 @@ def histograms(groups: Mapping[str, np.ndarray], xlabel: str, title: str, path: 
                bins: int = 80) -> None:
     """Overlaid density histograms of several samples (one per split or sampler) on a shared range."""
     lo, hi = _hist_range(groups)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for name, values in groups.items():
         ax.hist(np.ravel(values), bins=bins, range=(lo, hi), density=True, histtype="step", lw=1.5,
                 label=f"{name} (n={np.size(values):,})")
@@ -44,7 +44,7 @@ def histograms(groups: Mapping[str, np.ndarray], xlabel: str, title: str, path: 
 def energy_trace(burn_in_mean: np.ndarray, sampling_trace: np.ndarray, burn_in_sweeps: int, title: str,
                  path: str | os.PathLike[str], n_chains_shown: int = 4) -> None:
     """The chain-mean energy through burn-in and equilibration, then a few single chains while sampling."""
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     ax0.plot(np.arange(1, len(burn_in_mean) + 1), burn_in_mean, lw=1)
     ax0.axvline(burn_in_sweeps, color="k", ls="--", lw=0.8, label="end of step-size adaptation")
     ax0.set_xscale("log")

@@ -47,7 +47,7 @@ KS_ALPHA = 1e-3
 RHAT_SAMPLES_LIMIT = 1.05
 LJ13_REFERENCE_MEAN_ENERGY = -43.06   # protocol, section 3: <E> of the ordered-pair LJ13 density
 QUICK_BURN_IN = 100
-QUICK_SETTINGS = {"window": 100, "thin": 10}   # smoke tests: one short window, fixed thinning
+QUICK_SETTINGS = {"window": 50, "thin": 10}   # smoke tests: one short window, fixed thinning
 
 
 @dataclass(frozen=True)
@@ -166,14 +166,17 @@ def _failures(split: str, diag: dict[str, Any]) -> list[str]:
                    f"{diag['configurational_temperature_se']:.4f} is not 1 (more than {Z_LIMIT} SE away)")
     sampler = diag["sampler"]
     worst = max(sampler["split_rhat_samples"].values(), default=1.0)
-    limit = max(RHAT_SAMPLES_LIMIT, 1 + 3 * rhat_noise(sampler["chains"], sampler["samples_per_chain"]))
+    # Draws one IAT apart keep a lag-1 correlation near e^-2, which inflates R-hat by about 0.25 / half-chain
+    # length on top of its sampling noise; both are allowed for, with RHAT_SAMPLES_LIMIT as the floor.
+    draws = sampler["samples_per_chain"]
+    limit = max(RHAT_SAMPLES_LIMIT, 1 + 0.25 / max(draws // 2, 1) + 3 * rhat_noise(sampler["chains"], draws))
     if worst > limit:
         bad.append(f"{split}: split R-hat of the kept samples is {worst:.4f} (> {limit:.4f})")
     return bad
 
 
-def _openmm_check(energy: PairEnergy, train_pos: np.ndarray, train_energy: np.ndarray, seed: int,
-                  settings: OpenMMCheck, log: Callable[[str], None]) -> tuple[dict[str, Any], np.ndarray]:
+def compare_with_openmm(energy: PairEnergy, train_pos: np.ndarray, train_energy: np.ndarray, seed: int,
+                        settings: OpenMMCheck, log: Callable[[str], None] = print) -> tuple[dict[str, Any], np.ndarray]:
     """Sample LJ13 with OpenMM Langevin dynamics; compare mean energy and pair distances with the MCMC pool."""
     log(f"OpenMM cross-check: {settings.replicas} clusters, {settings.samples * settings.interval:g} time units "
         "of Langevin dynamics each")
@@ -276,8 +279,8 @@ def generate_particles(name: str, out_dir: str | Path, *, n_train: int | None = 
     openmm_energies = None
     if name == "lj13" and openmm_check:
         om_seed = int(np.random.default_rng(seeds[-1]).integers(0, 2**31 - 1))
-        checks["openmm"], openmm_energies = _openmm_check(target, positions["train"], energies["train"],
-                                                          om_seed, OpenMMCheck(), log)
+        checks["openmm"], openmm_energies = compare_with_openmm(target, positions["train"], energies["train"],
+                                                                om_seed, OpenMMCheck(), log)
         if not checks["openmm"]["passed"]:
             failures.append(f"OpenMM Langevin disagrees with the MCMC data: energy z = "
                             f"{checks['openmm']['energy_z']:.2f}, pair-distance KS p = "

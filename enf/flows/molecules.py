@@ -43,7 +43,7 @@ class MoleculeFlow(nn.Module):
     def __init__(self, cnf: CNF, max_nodes: int, n_dim: int = 3, n_categories: int = 5,
                  dequantizer_nf: int = 64, dequantizer_layers: int = 4, actnorm: bool = True,
                  actnorm_position_logdet: str = "all", sample_batch_size: int = 128,
-                 group_size: int | None = 32) -> None:
+                 group_size: int | None = 16) -> None:
         super().__init__()
         self.cnf = cnf
         self.max_nodes = max_nodes

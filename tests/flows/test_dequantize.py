@@ -43,7 +43,7 @@ def test_argmax_partition_logdet_matches_autograd() -> None:
             u = torch.randn(5, dtype=torch.float64) * scale
             z, logdet = argmax_partition(one_hot, u.reshape(1, 1, 5), m)
             jac = torch.autograd.functional.jacobian(
-                lambda w, oh=one_hot: argmax_partition(oh, w.reshape(1, 1, 5), m)[0].reshape(-1), u)
+                lambda w, oh=one_hot, mm=m: argmax_partition(oh, w.reshape(1, 1, 5), mm)[0].reshape(-1), u)
             assert torch.allclose(logdet[0], torch.linalg.slogdet(jac)[1], atol=1e-8)
             assert int(z.reshape(-1).argmax()) == k
 

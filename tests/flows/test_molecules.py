@@ -23,6 +23,7 @@ CHARGES = np.array([1, 6, 7, 8, 9])
 def tiny_cfg(model: str = "enf") -> dict:
     cfg = resolve("qm9", model, sets={"model": {"hidden_nf": 8, "n_layers": 1}})
     cfg["model"].update(dequantizer_nf=8, dequantizer_layers=1)
+    cfg["flow"]["adjoint"] = False  # direct back-propagation: these tests are about the model, not the solver
     return cfg
 
 

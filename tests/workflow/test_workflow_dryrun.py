@@ -37,7 +37,8 @@ def test_dry_run_every_config(tmp_path: Path, configfile: str) -> None:
     res = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", str(ROOT / configfile))
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
-    for rule in ("data", "train", "evaluate", "sample", "analyze", "tables", "track", "mlflow_init", "figure_nll"):
+    for rule in ("data_mcmc", "data_qm9pack", "data_split", "train", "evaluate", "sample", "analyze", "tables",
+                 "track", "mlflow_init", "figure_nll", "import_pretrained", "analyze_data"):
         assert counts.get(rule, 0) >= 1, (rule, counts)
     assert counts["tables"] == 3
     assert counts["track"] == counts["evaluate"]  # one MLflow logging job per evaluated run
@@ -51,9 +52,9 @@ def test_invalid_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     res = snakemake(tmp_path, "-n", "--configfile", str(bad))
     assert res.returncode != 0
     assert "invalid config at seeds[0]" in res.stderr
-    bad.write_text((ROOT / "config" / "smoke.yaml").read_text().replace("models: [gnf_att, gnf_att_aug, enf]",
-                                                                         "models: [gnf_att, nosuchmodel]"))
-    res = snakemake(tmp_path, "-n", "--configfile", str(bad))
+    override = tmp_path / "override.yaml"
+    override.write_text("experiments:\n  qm9:\n    models: [enf, nosuchmodel]\n")
+    res = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(override))
     assert res.returncode != 0 and "experiments.qm9.models lists 'nosuchmodel'" in res.stderr
 
 
@@ -62,7 +63,8 @@ def test_one_table_builds_only_what_it_needs(tmp_path: Path) -> None:
                     "table1")
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
-    assert counts["data"] == 2 and counts["tables"] == 1  # DW4 and LJ13 only
+    assert counts["data_mcmc"] == 2 and counts["tables"] == 1  # DW4 and LJ13 only
+    assert "data_qm9pack" not in counts
     assert "sample" not in counts and "import_pretrained" not in counts and "analyze_data" not in counts
 
 
@@ -71,4 +73,4 @@ def test_local_profile_is_accepted(tmp_path: Path) -> None:
                     "--configfile", str(ROOT / "config" / "smoke.yaml"), "dataset_dw4")
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
-    assert counts["data"] == 1 and "tables" not in counts
+    assert counts["data_mcmc"] == 1 and "tables" not in counts and "data_qm9pack" not in counts

@@ -1,9 +1,39 @@
-# Data generation: DW4 and LJ13 by MCMC, the LJ13 OpenMM cross-check, QM9 and QM9-positional from qm9pack.
-# `enf data` writes to data_full/<set>/; the `data_split` rule puts the splits the jobs read into data/<set>/,
-# as hard links (or, for reduced budgets with data.<set>.subset, the first N samples of a split).
+# Data generation: DW4 and LJ13 by MCMC (LJ13 with its OpenMM Langevin cross-check, part of `enf data lj13`),
+# QM9 and QM9-positional from qm9pack. `enf data` writes to data_full/<set>/; the `data_split` rule puts the
+# splits the jobs read into data/<set>/ as hard links (or, for reduced budgets with data.<set>.subset, the first
+# N samples of a split).
 
 
-rule data:
+rule data_mcmc:
+    output:
+        train=f"{OUT}/data_full/{{dataset}}/train.npz",
+        valid=f"{OUT}/data_full/{{dataset}}/valid.npz",
+        test=f"{OUT}/data_full/{{dataset}}/test.npz",
+        meta=f"{OUT}/data_full/{{dataset}}/meta.json",
+        energy=report(f"{OUT}/data_full/{{dataset}}/energy_hist.png", caption="../report/data.rst",
+                      category="Data", subcategory="{dataset}", labels={"figure": "energy histogram"}),
+        distances=report(f"{OUT}/data_full/{{dataset}}/pair_distance_hist.png", caption="../report/data.rst",
+                         category="Data", subcategory="{dataset}", labels={"figure": "pair distances"}),
+        trace=report(f"{OUT}/data_full/{{dataset}}/energy_trace.png", caption="../report/data.rst",
+                     category="Data", subcategory="{dataset}", labels={"figure": "MCMC energy trace"}),
+    log:
+        f"{LOGS}/data/{{dataset}}.log",
+    params:
+        args=lambda wc: data_args(wc.dataset),
+        code=DATA_CODE,
+    wildcard_constraints:
+        dataset="dw4|lj13",
+    threads: res("data", "threads")
+    resources:
+        mem_mb=res("data", "mem_mb"),
+        runtime=res("data", "runtime"),
+        gpu=0,
+    shell:
+        "OMP_NUM_THREADS={threads} {ENF} data {wildcards.dataset} --out {OUT}/data_full/{wildcards.dataset} "
+        "--force {params.args} > {log} 2>&1"
+
+
+rule data_qm9pack:
     output:
         train=f"{OUT}/data_full/{{dataset}}/train.npz",
         valid=f"{OUT}/data_full/{{dataset}}/valid.npz",
@@ -12,17 +42,18 @@ rule data:
     log:
         f"{LOGS}/data/{{dataset}}.log",
     params:
-        subcommand=lambda wc: ENF_DATA_SUBCOMMANDS[wc.dataset],
-        dir=lambda wc: f"{OUT}/data_full/{wc.dataset}",
         args=lambda wc: data_args(wc.dataset),
         code=DATA_CODE,
-    threads: lambda wc: resources_for(data_resources(wc.dataset))["threads"]
+    wildcard_constraints:
+        dataset="qm9|qm9_positional",
+    threads: res("data_qm9", "threads")
     resources:
-        mem_mb=lambda wc: resources_for(data_resources(wc.dataset))["mem_mb"],
-        runtime=lambda wc: resources_for(data_resources(wc.dataset))["runtime"],
+        mem_mb=res("data_qm9", "mem_mb"),
+        runtime=res("data_qm9", "runtime"),
         gpu=0,
     shell:
-        "OMP_NUM_THREADS={threads} {ENF} data {params.subcommand} --out {params.dir} {params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {ENF} data {wildcards.dataset} --out {OUT}/data_full/{wildcards.dataset} "
+        "--force {params.args} > {log} 2>&1"
 
 
 rule data_split:
@@ -43,30 +74,9 @@ rule data_split:
     localrule: True
     threads: 1
     resources:
-        mem_mb=lambda wc: resources_for(data_resources(wc.dataset))["mem_mb"],
+        mem_mb=res("data_qm9", "mem_mb"),
         runtime=10,
         gpu=0,
     shell:
         "{PY} {SCRIPTS}/subset_data.py --source {OUT}/data_full/{wildcards.dataset} "
         "--out {OUT}/data/{wildcards.dataset} {params.subset} > {log} 2>&1"
-
-
-rule lj13_check:
-    input:
-        train=f"{OUT}/data_full/lj13/train.npz",
-        meta=f"{OUT}/data_full/lj13/meta.json",
-    output:
-        f"{OUT}/data_full/lj13_check/check.json",
-    log:
-        f"{LOGS}/data/lj13_check.log",
-    params:
-        args=data_args("lj13_check"),
-        code=DATA_CODE,
-    threads: resources_for("lj13_check")["threads"]
-    resources:
-        mem_mb=resources_for("lj13_check")["mem_mb"],
-        runtime=resources_for("lj13_check")["runtime"],
-        gpu=0,
-    shell:
-        "OMP_NUM_THREADS={threads} {ENF} data lj13-check --data {OUT}/data_full/lj13 "
-        "--out {OUT}/data_full/lj13_check {params.args} > {log} 2>&1"

@@ -64,8 +64,7 @@ for _ds in EXPERIMENTS:
         name:
             f"data_{_ds}"
         input:
-            [f"{OUT}/data/{_ds}/{split}.npz" for split in SETS]
-            + ([f"{OUT}/data_full/lj13_check/check.json"] if _ds == "lj13" and LJ13_CHECK_ON else []),
+            [f"{OUT}/data/{_ds}/{split}.npz" for split in SETS],
         localrule: True
 
     rule:
