@@ -149,7 +149,7 @@ class SamplerSettings:
 
     burn_in: int = 500            # adaptation sweeps (the step size is frozen afterwards)
     window: int = 200             # sweeps of the first equilibration window (later ones: >= window_iats IAT)
-    window_iats: float = 40.0     # so that each window gives >= 20 draws 2 IAT apart per chain
+    window_iats: float = 20.0     # so that each window gives >= 10 draws 2 IAT apart per chain
     max_sweeps: int = 20_000      # burn-in plus equilibration limit before giving up
     rhat_target: float = 1.01
     initial_step: float = 0.1

@@ -38,6 +38,8 @@ from enf.io import load_npz, read_json, save_npz
 from enf.samplers import ChainResult, ParticleKernel, SamplerSettings, run_chains, settings_dict
 
 SPLITS = ("train", "valid", "test")
+# Validation and test chains run together, apart from the training pool (own seed, own adaptation).
+RUNS = {"train": ("train",), "eval": ("valid", "test")}
 FIGURES = ("energy_hist.png", "pair_distance_hist.png", "energy_trace.png")
 MAX_SAMPLES = 10_000_000
 # A check fails beyond these many standard errors (several checks per data set, fixed seeds: a real error,
@@ -120,24 +122,23 @@ def _check_sizes(name: str, sizes: dict[str, int], chains: dict[str, int], burn_
         raise EnfError(f"{name}: need 1 <= --burn-in < --max-sweeps, got {burn_in} and {max_sweeps}")
 
 
-def _mode_mixing(result: ChainResult, d0_pairs: np.ndarray) -> dict[str, Any]:
+def _mode_mixing(pair_trace: np.ndarray, long_pairs: np.ndarray) -> dict[str, Any]:
     """DW4: does each chain visit both pair-distance modes? From the every-sweep trace of pair (0, 1)."""
-    pair = result.trace["pair01_long"]                        # (trace chains, sweeps), 1 = long mode
-    frac = pair.mean(1)
-    switches = np.abs(np.diff(pair, axis=1)).sum(1)
+    frac = pair_trace.mean(1)                                # pair_trace: (chains, sweeps), 1 = long mode
+    switches = np.abs(np.diff(pair_trace, axis=1)).sum(1)
     q = [0.0, 0.05, 0.5, 0.95, 1.0]
     return {
         "pair01_long_fraction_per_chain_quantiles": dict(zip(map(str, q), np.quantile(frac, q).tolist())),
         "pair01_switches_per_chain_quantiles": dict(zip(map(str, q), np.quantile(switches, q).tolist())),
         "chains_visiting_both_modes": float(((frac > 0) & (frac < 1)).mean()),
-        "trace_chains": int(pair.shape[0]), "sweeps_per_chain": int(pair.shape[1]),
-        "long_pair_fraction_of_samples": float(d0_pairs.mean()),
-        "n_long_pairs_distribution": np.bincount(d0_pairs.sum(1), minlength=7).tolist(),
+        "trace_chains": int(pair_trace.shape[0]), "sweeps_per_chain": int(pair_trace.shape[1]),
+        "long_pair_fraction_of_samples": float(long_pairs.mean()),
+        "n_long_pairs_distribution": np.bincount(long_pairs.sum(1), minlength=7).tolist(),
     }
 
 
-def _split_diagnostics(name: str, energy: PairEnergy, pos: np.ndarray,
-                       result: ChainResult) -> tuple[dict[str, Any], np.ndarray]:
+def _split_diagnostics(name: str, energy: PairEnergy, pos: np.ndarray, sampler: dict[str, Any],
+                       trace: dict[str, np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
     """Checks on the stored (float32) samples: energy, configurational temperature, pair distances, mixing."""
     x = torch.as_tensor(pos, dtype=torch.float64)
     e, grad, lap = energy.derivatives(x)
@@ -152,10 +153,10 @@ def _split_diagnostics(name: str, energy: PairEnergy, pos: np.ndarray,
         "configurational_temperature_z": (t_conf - energy.temperature) / t_se,
         "mean_pair_distance": float(d.mean()),
         "max_abs_centre_of_mass": float(np.abs(pos.astype(np.float64).mean(1)).max()),
-        "sampler": result.diagnostics,
+        "sampler": sampler,
     }
-    if name == "dw4":
-        out["mode_mixing"] = _mode_mixing(result, (d > energy.d0).astype(np.int64))
+    if name == "dw4" and trace["pair01_long"].shape[0] > 0:
+        out["mode_mixing"] = _mode_mixing(trace["pair01_long"], (d > energy.d0).astype(np.int64))
     return out, e_np
 
 
@@ -242,35 +243,45 @@ def generate_particles(name: str, out_dir: str | Path, *, n_train: int | None = 
     settings = SamplerSettings(burn_in=burn_in, max_sweeps=max_sweeps, rhat_target=rhat_target,
                                initial_step=recipe.initial_step, target_accept=recipe.target_accept,
                                equilibrate=not quick, **(QUICK_SETTINGS if quick else {}))
-    seeds = np.random.SeedSequence(seed).spawn(len(SPLITS) + 1)
+    seeds = np.random.SeedSequence(seed).spawn(len(RUNS) + 1)
     positions: dict[str, np.ndarray] = {}
     energies: dict[str, np.ndarray] = {}
     diags: dict[str, Any] = {}
     traces: dict[str, ChainResult] = {}
     failures: list[str] = []
-    for split, seq in zip(SPLITS, seeds):
-        n = sizes[split]
-        c = min(n_chains["chains" if split == "train" else "eval_chains"], n)
-        per_chain = math.ceil(n / c)
-        c = math.ceil(n / per_chain)
+    for run, seq in zip(RUNS, seeds):
+        # Chains per split, then one vectorised run for the splits that may share it (valid and test).
+        alloc = {}
+        for split in RUNS[run]:
+            c = min(n_chains["chains" if run == "train" else "eval_chains"], sizes[split])
+            alloc[split] = math.ceil(sizes[split] / math.ceil(sizes[split] / c))
+        per_chain = max(math.ceil(sizes[s] / c) for s, c in alloc.items())
+        total = sum(alloc.values())
         rng = np.random.default_rng(seq)
         gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         kernel = ParticleKernel(target, jump_prob=recipe.jump_prob, jump_factor=recipe.jump_factor)
-        log(f"{name} {split}: {n:,} samples from {c:,} chains ({per_chain} per chain)")
-        result = run_chains(kernel, _initial_states(name, c, rng), per_chain, settings, gen,
-                            observables=_observables(name, target), log=lambda msg, s=split: log(f"  {s}: {msg}"))
-        pos = result.samples.reshape(per_chain * c, *target.event_shape)[:n]
-        pos = (pos - pos.mean(1, keepdim=True)).to(torch.float32).numpy()
-        if not np.isfinite(pos).all():
-            raise EnfError(f"{name} {split}: the sampler produced non-finite positions")
-        diags[split], energies[split] = _split_diagnostics(name, target, pos, result)
-        positions[split] = pos
-        traces[split] = result
-        failures += _failures(split, diags[split])
-        log(f"  {split}: mean energy {diags[split]['mean_energy']:.3f} +- {diags[split]['mean_energy_se']:.3f}, "
-            f"T_conf {diags[split]['configurational_temperature']:.4f} +- "
-            f"{diags[split]['configurational_temperature_se']:.4f}, acceptance "
-            f"{result.diagnostics['acceptance']:.3f}, thin {result.diagnostics['thin']}, "
+        log(f"{name} {run}: " + ", ".join(f"{s} {sizes[s]:,} samples from {c:,} chains" for s, c in alloc.items())
+            + f" ({per_chain} per chain)")
+        result = run_chains(kernel, _initial_states(name, total, rng), per_chain, settings, gen,
+                            observables=_observables(name, target), log=lambda msg, r=run: log(f"  {r}: {msg}"))
+        traces[run] = result
+        offset = 0
+        for split, c in alloc.items():
+            chains_of_split = slice(offset, offset + c)
+            offset += c
+            pos = result.samples[:, chains_of_split].reshape(per_chain * c, *target.event_shape)[:sizes[split]]
+            pos = (pos - pos.mean(1, keepdim=True)).to(torch.float32).numpy()
+            if not np.isfinite(pos).all():
+                raise EnfError(f"{name} {split}: the sampler produced non-finite positions")
+            trace = {k: v[chains_of_split] for k, v in result.trace.items()}
+            diags[split], energies[split] = _split_diagnostics(name, target, pos, result.diagnostics, trace)
+            diags[split]["chains"] = c
+            positions[split] = pos
+            failures += _failures(split, diags[split])
+            log(f"  {split}: mean energy {diags[split]['mean_energy']:.3f} +- "
+                f"{diags[split]['mean_energy_se']:.3f}, T_conf {diags[split]['configurational_temperature']:.4f} +- "
+                f"{diags[split]['configurational_temperature_se']:.4f}")
+        log(f"  {run}: acceptance {result.diagnostics['acceptance']:.3f}, thin {result.diagnostics['thin']}, "
             f"{result.diagnostics['seconds']:.1f} s")
 
     checks: dict[str, Any] = {"z_limit": Z_LIMIT, "rhat_samples_limit": RHAT_SAMPLES_LIMIT}
@@ -304,10 +315,11 @@ def generate_particles(name: str, out_dir: str | Path, *, n_train: int | None = 
     meta_extra = {
         "seed": seed, "quick": quick, "energy": target.describe(), "dtype": "float32 positions, float64 energy",
         "centre_of_mass": "removed per sample",
-        "order": "draw-major: sample k is draw k // chains of chain k % chains",
+        "order": "draw-major within a split: sample k is draw k // chains of chain k % chains",
         "sampler": {"kernel": "single-particle Metropolis sweeps (Gaussian moves, random order)",
                     "jump_prob": recipe.jump_prob, "jump_factor": recipe.jump_factor,
-                    "settings": settings_dict(settings), "split_seeds": "numpy SeedSequence(seed).spawn(4)"},
+                    "settings": settings_dict(settings),
+                    "seeds": "numpy SeedSequence(seed).spawn(3): training chains, valid+test chains, OpenMM"},
         "splits": diags, "checks": checks,
         "timing": {"wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start},
     }

@@ -105,31 +105,31 @@ def test_nll_is_the_sum_of_its_parts_and_needs_p_of_m() -> None:
 
 
 def test_nll_of_a_molecule_does_not_depend_on_its_batch_or_grouping() -> None:
-    data = molecules([3, 5, 2, 4, 5, 3], width=5)
-    flow = initialised(tiny_flow(rtol=1e-7), data)
-    eps = torch.randn(6, 5, 6, dtype=torch.float64)
+    data = molecules([3, 5, 2, 4], width=5)
+    flow = initialised(tiny_flow(rtol=1e-6), data)
+    eps = torch.randn(4, 5, 6, dtype=torch.float64)
     with torch.no_grad():
         flow.group_size = None
         batch = flow.nll(data, trace="exact", eps=eps)["nll"]
         flow.group_size = 2
         grouped = flow.nll(data, trace="exact", eps=eps)["nll"]
         alone = flow.nll({k: v[3:4, :4] for k, v in data.items()}, trace="exact", eps=eps[3:4, :4])["nll"]
-    assert torch.allclose(batch, grouped, atol=1e-5, rtol=0)
-    assert torch.allclose(alone, batch[3:4], atol=1e-5, rtol=0)
+    assert torch.allclose(batch, grouped, atol=1e-4, rtol=0)
+    assert torch.allclose(alone, batch[3:4], atol=1e-4, rtol=0)
 
 
 def test_nll_is_invariant_to_rotations_translations_and_atom_order() -> None:
     data = molecules([4, 5], width=5)
-    flow = initialised(tiny_flow(rtol=1e-7), data)
+    flow = initialised(tiny_flow(rtol=1e-6), data)
     eps = torch.randn(2, 5, 6, dtype=torch.float64)
     with torch.no_grad():
         ref = flow.nll(data, trace="exact", eps=eps)["nll"]
         q = random_orthogonal(1, 3, reflections=True, dtype=torch.float64)[0]
         moved = dict(data, positions=(data["positions"] @ q.T + 3.0) * data["mask"][..., None])
-        assert torch.allclose(flow.nll(moved, trace="exact", eps=eps)["nll"], ref, atol=1e-5)
+        assert torch.allclose(flow.nll(moved, trace="exact", eps=eps)["nll"], ref, atol=1e-4)
         perm = torch.tensor([2, 0, 3, 1, 4])  # permutes the real atoms of the first molecule
         permuted = {k: v[:1, perm] for k, v in data.items()}
-        assert torch.allclose(flow.nll(permuted, trace="exact", eps=eps[:1, perm])["nll"], ref[:1], atol=1e-5)
+        assert torch.allclose(flow.nll(permuted, trace="exact", eps=eps[:1, perm])["nll"], ref[:1], atol=1e-4)
 
 
 def test_clipping_watches_the_flow_not_the_q_network() -> None:

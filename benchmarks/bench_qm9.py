@@ -1,0 +1,147 @@
+"""QM9 speed on this CPU: seconds per training iteration (batch 128), test-set evaluation per batch of 128
+molecules with the authors' estimator (one Gaussian Hutchinson probe, dopri5 at rtol = atol = 1e-4) using their
+released weights, and molecules sampled per second. Prints a table and writes a CSV under benchmarks/results/.
+
+Both wall-clock and process CPU seconds are reported: on a shared machine the CPU time is the fairer figure.
+Run single-threaded for a per-core comparison:  OMP_NUM_THREADS=1 python benchmarks/bench_qm9.py --data DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RELEASE = ROOT / "resources" / "pretrained" / "en_flows_qm9"
+#: The authors' code on one core of this machine kind, per batch of 128 QM9 test molecules (one Gaussian
+#: Hutchinson probe, dopri5 1e-4, about 160 function evaluations per solve), as stated in issue 11 (measured
+#: with their repository, vgsatorras/en_flows); not re-measured by this script.
+AUTHORS_EVAL_SECONDS = (270.0, 500.0)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Run fn once; return its result, wall seconds and process CPU seconds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bench_training(data_dir: Path, iterations: int, seed: int) -> list[dict[str, Any]]:
+    """Fresh protocol-size E-NF on QM9: forward, Hutchinson trace, regulariser, backward, AdamW step."""
+    from enf.config import resolve
+    from enf.data.datasets import DATASETS, load_split
+    from enf.evaluation import batches
+    from enf.models import build_model
+    from enf.training import AdaptiveClipper
+
+    torch.manual_seed(seed)
+    cfg = resolve("qm9", "enf")
+    spec = DATASETS.get("qm9")
+    train = load_split(spec, data_dir / "train.npz", 2048)
+    model = build_model(cfg)
+    model.initialize(batches(train, 128)[0], train)
+    optim = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=1e-12, amsgrad=True)
+    clipper = AdaptiveClipper(3000.0)
+    rows = []
+    order = torch.randperm(train["positions"].shape[0])
+    for i, batch in enumerate(batches(train, 128, order, drop_last=True)[:iterations]):
+        def step(batch: dict[str, torch.Tensor] = batch) -> float:
+            optim.zero_grad(set_to_none=True)
+            out = model.nll(batch, trace="hutchinson")
+            loss = out["nll"].mean() + 1e-3 * out["reg"].mean()
+            loss.backward()
+            clipper(model.flow_parameters())
+            optim.step()
+            return float(loss)
+
+        loss, wall, cpu = timed(step)
+        rows.append({"measurement": f"training iteration {i + 1} (batch 128, fresh model)", "value": wall,
+                     "unit": "s/iteration", "wall_s": wall, "cpu_s": cpu, "nfe": model.cnf.last_nfe,
+                     "notes": f"loss {loss:.2f}; adjoint={cfg['flow']['adjoint']}"})
+    return rows
+
+
+def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool) -> list[dict[str, Any]]:
+    """The released model on the first 128 test molecules, the authors' estimator and tolerance."""
+    from enf.data.datasets import DATASETS, load_split
+    from enf.evaluation import evaluate_nll
+    from enf.pretrained import load_en_flows
+
+    model, _ = load_en_flows(RELEASE / "flow.pt", RELEASE / "dequantizer.pt", RELEASE / "args.json")
+    test = load_split(DATASETS.get("qm9"), data_dir / "test.npz", 128)
+    rows = []
+    for group in ((model.group_size,) if grouped_only else (model.group_size, None)):
+        model.group_size = group
+        torch.manual_seed(seed)
+        res, wall, cpu = timed(lambda: evaluate_nll(model, test, 128, "hutchinson"))
+        label = f"sorted by size, solved in groups of {group}" if group else "one padded solve"
+        rows.append({"measurement": f"enf evaluation, 128 test molecules ({label})", "value": wall,
+                     "unit": "s/batch of 128", "wall_s": wall, "cpu_s": cpu, "nfe": res["nfe_per_solve"],
+                     "notes": f"NLL {res['nll']:.2f} +- {res['nll_sem']:.2f}; Gaussian Hutchinson, dopri5 1e-4"})
+    lo, hi = AUTHORS_EVAL_SECONDS
+    rows.append({"measurement": "authors' code, 128 test molecules (quoted)", "value": lo, "unit": "s/batch of 128",
+                 "wall_s": None, "cpu_s": None, "nfe": 160,
+                 "notes": f"{lo:.0f} to {hi:.0f} s on one core (issue 11), same estimator and tolerance"})
+    return rows
+
+
+def bench_sampling(n: int, seed: int) -> list[dict[str, Any]]:
+    """Molecules per second from the released model: M ~ p(M), reverse solve, decoding."""
+    from enf.pretrained import load_en_flows
+
+    model, _ = load_en_flows(RELEASE / "flow.pt", RELEASE / "dequantizer.pt", RELEASE / "args.json")
+    out, wall, cpu = timed(lambda: model.sample(n, generator=torch.Generator().manual_seed(seed)))
+    failed = int(out["failed"].sum())
+    return [{"measurement": f"sampling {n} molecules (released model)", "value": n / wall, "unit": "molecules/s",
+             "wall_s": wall, "cpu_s": cpu, "nfe": model.cnf.last_nfe,
+             "notes": f"{n / cpu:.2f} molecules per CPU second; {failed} failed solves; batches of "
+                      f"{model.sample_batch_size} sorted by size"}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="QM9 split folder (train/valid/test.npz)")
+    parser.add_argument("--iterations", type=int, default=3, help="training iterations to time")
+    parser.add_argument("--sample-n", type=int, default=128, help="molecules to sample")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("train", "eval", "sample"))
+    parser.add_argument("--grouped-only", action="store_true", help="skip the ungrouped evaluation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "qm9.csv")
+    args = parser.parse_args(argv)
+
+    rows: list[dict[str, Any]] = []
+    if "eval" not in args.skip:
+        rows += bench_evaluation(args.data, args.seed, args.grouped_only)
+    if "sample" not in args.skip:
+        rows += bench_sampling(args.sample_n, args.seed)
+    if "train" not in args.skip and args.iterations > 0:
+        rows += bench_training(args.data, args.iterations, args.seed)
+    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
+              f"{torch.get_num_threads()} thread(s)"
+    for row in rows:
+        row["machine"] = machine
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["measurement", "value", "unit", "wall_s", "cpu_s", "nfe", "notes", "machine"]
+    with open(args.out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    print("| measurement | value | unit | wall s | CPU s | NFE | notes |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        fmt = lambda v: "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+        print(f"| {r['measurement']} | {fmt(r['value'])} | {r['unit']} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} | "
+              f"{fmt(r['nfe'])} | {r['notes']} |")
+    print(f"({machine}; written to {args.out})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
