@@ -247,7 +247,7 @@ def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSe
             raise EnfError(f"chains did not equilibrate within {settings.max_sweeps} sweeps (last window: IAT "
                            f"{tau:.3g}, thinned split R-hat {rhats}, target {settings.rhat_target}); increase "
                            "the burn-in or the sweep limit")
-        window = max(window, math.ceil(settings.window_iats * tau))
+        window = max(window, math.ceil(1.25 * settings.window_iats * tau))   # margin: IAT estimates grow
     thin = settings.thin or max(1, math.ceil(float(equil["iat"])))
     say(f"{'equilibrated' if settings.equilibrate else 'quick mode, not checked for equilibrium,'} after {used} "
         f"sweeps; thinning by {thin}")

@@ -46,9 +46,9 @@ class GraphLayer(nn.Module):
         dst = h @ w[:, self.hidden_nf:].T                       # (B, N, H): contribution of h_j
         m = self.edge_mlp[1](src[:, :, None, :] + dst[:, None, :, :])      # (B, N, N, H)
         m = self.edge_mlp[3](self.edge_mlp[2](m))
-        gate = edge_mask[..., 0] * self.att_mlp(m)[..., 0] if self.attention else edge_mask[..., 0]   # (B, N, N)
-        # gate and mask folded into the sum over j: no further (B, N, N, H) tensor is kept for the backward pass
-        agg = torch.einsum("bijh,bij->bih", m, gate)            # (B, N, H)
+        gate = edge_mask * self.att_mlp(m) if self.attention else edge_mask     # (B, N, N, 1)
+        # one gate for attention and mask: the gated messages are a temporary, not kept for the backward pass
+        agg = (m * gate).sum(2)                                 # (B, N, H)
         h = h + self.node_mlp(torch.cat([h, agg], dim=-1))
         return h * node_mask
 

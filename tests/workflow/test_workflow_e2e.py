@@ -131,8 +131,12 @@ def test_dashboard_lists_the_runs(smoke: Path) -> None:
         trained = list((smoke / OUT / "runs").rglob("metrics.json"))
         assert len(listed) == len(trained)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGINT)  # the server's own Ctrl-C path (SIGTERM can leave it hanging)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 def test_second_invocation_has_nothing_to_do(smoke: Path) -> None:

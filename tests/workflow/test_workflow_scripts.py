@@ -62,7 +62,7 @@ def test_table1_mean_std_paper_diff_and_not_run(tmp_path: Path) -> None:
     assert "9.00 ± 1.00 (8.31; +0.69)" in md
     assert "not run (11.93)" in md
     assert "REDUCED unit-test budget" in md and "Configuration: unit" in md
-    assert "2 epochs instead of the protocol's 1000" in md
+    assert "2 epoch(s) instead of the protocol's 1000" in md
     assert "first 40 test samples" in md
     # every paper column is present: the ones this config does not run say so
     assert "LJ13 n=10000" in md and "not run (30.41)" in md

@@ -390,7 +390,7 @@ def table_inputs(wc):
 def table_meta(table):
     """What the footer says about the configuration that produced a table."""
     exps = {ds: {"n_train": [str(n) for n in exp["n_train"]], "budgets": exp.get("budgets", {}),
-                 "subset": subset_of(ds),
+                 "subset": subset_of(ds), "data_args": data_args(ds),
                  "columns": exp["columns"],
                  "evaluate": exp.get("evaluate", {}), "sample": exp.get("sample")}
             for ds, exp in EXPERIMENTS.items() if exp["table"] == table}

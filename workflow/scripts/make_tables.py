@@ -185,12 +185,16 @@ def deviations(meta: dict[str, Any], protocol: dict[str, Any] | None) -> list[st
                 out.append(f"{name} n={column}: trained on the first {n} training samples instead of "
                            + ("all" if column == "all" else column))
             pbudget = pexp.get("budgets", {}).get(column, {})
-            phrases = {"epochs": "{} epochs instead of the protocol's {}",
+            phrases = {"epochs": "{} epoch(s) instead of the protocol's {}",
                        "batch_size": "batch size {} instead of the protocol's {}",
                        "eval_every": "validation every {} epoch(s) instead of every {}"}
             for key, phrase in phrases.items():
                 if key in budget and pbudget.get(key) is not None and budget[key] != pbudget[key]:
                     out.append(f"{name} n={column}: " + phrase.format(budget[key], pbudget[key]))
+        p_args = " ".join(str(a) for a in (protocol.get("data", {}).get(ds) or {}).get("args", []))
+        if exp.get("data_args") and exp["data_args"] != p_args:
+            quick = " (sampler's quick mode: not checked for equilibrium)" if "--quick" in exp["data_args"] else ""
+            out.append(f"{name} data made by `enf data {ds} {exp['data_args']}`{quick}")
         for split, n in (exp.get("subset") or {}).items():
             out.append(f"{name}: only the first {n} samples of the {split} split")
         ev, pev = exp.get("evaluate") or {}, pexp.get("evaluate") or {}
