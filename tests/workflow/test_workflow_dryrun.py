@@ -74,3 +74,14 @@ def test_local_profile_is_accepted(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
     assert counts["data_mcmc"] == 1 and "tables" not in counts and "data_qm9pack" not in counts
+
+
+def test_slurm_profile_requests_gpus_for_training(tmp_path: Path) -> None:
+    res = snakemake(tmp_path, "-n", "--profile", str(ROOT / "profiles" / "slurm"),
+                    "--configfile", str(ROOT / "config" / "smoke.yaml"), "dataset_dw4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    blocks = (res.stdout + res.stderr).split("\nrule ")
+    train = [b for b in blocks if b.startswith("train:")]
+    data = [b for b in blocks if b.startswith("data_mcmc:")]
+    assert train and all("gpu=1" in b and "slurm_partition=" in b for b in train)
+    assert data and all("gpu=0" in b for b in data)
