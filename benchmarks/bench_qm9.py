@@ -34,7 +34,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench_training(data_dir: Path, iterations: int, seed: int) -> list[dict[str, Any]]:
+def bench_training(data_dir: Path, iterations: int, seed: int, adjoint: bool | None) -> list[dict[str, Any]]:
     """Fresh protocol-size E-NF on QM9: forward, Hutchinson trace, regulariser, backward, AdamW step."""
     from enf.config import resolve
     from enf.data.datasets import DATASETS, load_split
@@ -44,6 +44,8 @@ def bench_training(data_dir: Path, iterations: int, seed: int) -> list[dict[str,
 
     torch.manual_seed(seed)
     cfg = resolve("qm9", "enf")
+    if adjoint is not None:
+        cfg["flow"]["adjoint"] = adjoint
     spec = DATASETS.get("qm9")
     train = load_split(spec, data_dir / "train.npz", 2048)
     model = build_model(cfg)
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-n", type=int, default=128, help="molecules to sample")
     parser.add_argument("--skip", nargs="*", default=[], choices=("train", "eval", "sample"))
     parser.add_argument("--grouped-only", action="store_true", help="skip the ungrouped evaluation")
+    parser.add_argument("--adjoint", choices=("config", "on", "off"), default="config",
+                        help="training gradients: the QM9 config's choice, adjoint, or direct back-propagation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "qm9.csv")
     args = parser.parse_args(argv)
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if "sample" not in args.skip:
         rows += bench_sampling(args.sample_n, args.seed)
     if "train" not in args.skip and args.iterations > 0:
-        rows += bench_training(args.data, args.iterations, args.seed)
+        adjoint = None if args.adjoint == "config" else args.adjoint == "on"
+        rows += bench_training(args.data, args.iterations, args.seed, adjoint)
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} thread(s)"
     for row in rows:

@@ -90,10 +90,10 @@ def test_refusals() -> None:
     with pytest.raises(EnfError, match="non-finite"):
         run_chains(RandomWalkKernel(lambda x: torch.full((x.shape[0],), float("nan"), dtype=x.dtype)),
                    torch.zeros(4, 2, dtype=torch.float64), 5, SamplerSettings(), _gen())
-    # Chains started far apart in a sticky landscape cannot pass R-hat within a tiny sweep budget.
-    sticky = RandomWalkKernel(lambda x: 50 * (x.pow(2).sum(-1) - 1).pow(2))
+    # Half the chains start in each of two wells that a barrier of 200 keeps apart: R-hat can never agree.
+    walls = RandomWalkKernel(lambda x: 200 * (x[:, 0].pow(2) - 1).pow(2) + 0.5 * x[:, 1].pow(2))
     x0 = torch.tensor(np.repeat([[1.0, 0.0], [-1.0, 0.0]], 50, axis=0))
     with pytest.raises(EnfError, match="did not equilibrate"):
-        run_chains(sticky, x0, 5, SamplerSettings(burn_in=20, window=20, max_sweeps=60), _gen())
+        run_chains(walls, x0, 5, SamplerSettings(burn_in=20, window=40, max_sweeps=200), _gen())
     with pytest.raises(EnfError, match="jump"):
         ParticleKernel(make_energy("dw4"), jump_prob=2.0)

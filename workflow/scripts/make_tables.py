@@ -151,14 +151,21 @@ def add_paper_cells(agg: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.Da
     return pd.concat([agg, pd.DataFrame(extra)], ignore_index=True)
 
 
-def order(agg: pd.DataFrame) -> pd.DataFrame:
-    """Rows by data set (paper order), then training size (numeric), keeping the method order of appearance."""
+def order(agg: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Rows by data set, training size (numeric) and method: the paper's methods in its order, then extra
+    methods (released weights, new rows) in the order of the config, then the "Data" row."""
     ds_rank = {ds: i for i, ds in enumerate(DATASET_NAMES)}
-    method_rank = {m: i for i, m in enumerate(dict.fromkeys(agg["method"]))}
+    paper_methods = list(dict.fromkeys(paper.loc[(paper["table"] == table) & (paper["method"] != "Data"),
+                                                 "method"]))
+    method_rank = {m: i for i, m in enumerate(paper_methods)}
+    for i, m in enumerate(dict.fromkeys(agg["method"])):
+        method_rank.setdefault(m, 100 + i)
+    kinds = agg["kind"].fillna("")
     key = pd.DataFrame({
         "ds": agg["dataset"].map(lambda d: ds_rank.get(d, 99)),
         "n": agg["n_train"].map(lambda n: int(n) if str(n).isdigit() else 10**12),
-        "m": agg["method"].map(method_rank)})
+        "m": [10_000 if (k == "data" or m == "Data") else method_rank[m] for k, m in zip(kinds, agg["method"])]},
+        index=agg.index)
     return agg.loc[key.sort_values(["ds", "n", "m"], kind="stable").index].reset_index(drop=True)
 
 
@@ -345,7 +352,7 @@ def make_table(manifest: list[dict[str, Any]], meta: dict[str, Any], paper_csv: 
     long = collect(manifest, table)
     paper = pd.read_csv(paper_csv, dtype={"n_train": str})
     agg = attach_paper(aggregate(long), paper, table)
-    agg = order(add_paper_cells(agg, paper, table))
+    agg = order(add_paper_cells(agg, paper, table), paper, table)
     agg.insert(0, "table", table)
     agg["config_name"] = meta["config_name"]
     agg["budget"] = meta["budget_note"]
