@@ -51,16 +51,16 @@ def test_invalid_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     bad.write_text((ROOT / "config" / "smoke.yaml").read_text().replace("seeds: [0]", "seeds: [zero]"))
     res = snakemake(tmp_path, "-n", "--configfile", str(bad))
     assert res.returncode != 0
-    assert "invalid config at seeds[0]" in res.stderr
+    assert "invalid config at seeds[0]" in res.stdout + res.stderr
     override = tmp_path / "override.yaml"
     override.write_text("experiments:\n  qm9:\n    models: [enf, nosuchmodel]\n")
     res = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(override))
-    assert res.returncode != 0 and "experiments.qm9.models lists 'nosuchmodel'" in res.stderr
+    assert res.returncode != 0 and "experiments.qm9.models lists 'nosuchmodel'" in res.stdout + res.stderr
 
 
 def test_one_table_builds_only_what_it_needs(tmp_path: Path) -> None:
-    res = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", str(ROOT / "config" / "smoke.yaml"),
-                    "table1")
+    res = snakemake(tmp_path, "table1", "-n", "--quiet", "rules", "--configfile",
+                    str(ROOT / "config" / "smoke.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
     assert counts["data_mcmc"] == 2 and counts["tables"] == 1  # DW4 and LJ13 only
@@ -69,16 +69,16 @@ def test_one_table_builds_only_what_it_needs(tmp_path: Path) -> None:
 
 
 def test_local_profile_is_accepted(tmp_path: Path) -> None:
-    res = snakemake(tmp_path, "-n", "--quiet", "rules", "--workflow-profile", str(ROOT / "profiles" / "local"),
-                    "--configfile", str(ROOT / "config" / "smoke.yaml"), "dataset_dw4")
+    res = snakemake(tmp_path, "dataset_dw4", "-n", "--quiet", "rules", "--workflow-profile",
+                    str(ROOT / "profiles" / "local"), "--configfile", str(ROOT / "config" / "smoke.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout + res.stderr)
     assert counts["data_mcmc"] == 1 and "tables" not in counts and "data_qm9pack" not in counts
 
 
 def test_slurm_profile_requests_gpus_for_training(tmp_path: Path) -> None:
-    res = snakemake(tmp_path, "-n", "--profile", str(ROOT / "profiles" / "slurm"),
-                    "--configfile", str(ROOT / "config" / "smoke.yaml"), "dataset_dw4")
+    res = snakemake(tmp_path, "dataset_dw4", "-n", "--profile", str(ROOT / "profiles" / "slurm"),
+                    "--configfile", str(ROOT / "config" / "smoke.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     blocks = (res.stdout + res.stderr).split("\nrule ")
     train = [b for b in blocks if b.startswith("train:")]

@@ -194,7 +194,7 @@ def test_killed_training_job_resumes_when_started_again(smoke: Path, tmp_path: P
                         'batch_size: 100}\n')
     run_dir = f"{OUT}/runs/dw4/enf/n100/seed0"
     target = f"{run_dir}/metrics.json"
-    args = ["--configfile", str(SMOKE), str(override), "--cores", "1", target]
+    args = ["--cores", "1", "--configfile", str(SMOKE), str(override), "--", target]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(smk_cmd(smoke, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
