@@ -232,16 +232,17 @@ def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSe
         # Draws 2 IAT apart are close to independent; 1 IAT apart they still inflate R-hat by about 0.3 / draws.
         gap = 2 * max(1, math.ceil(tau))
         draws = traces["energy"][:, ::gap].shape[1]
-        rhats = {k: split_rhat(t[:, ::gap]) if draws >= 4 else math.inf for k, t in traces.items()}
+        rhats = {k: split_rhat(t[:, ::gap]) if draws >= 4 else None for k, t in traces.items()}   # None: too short
         # Below 3 standard deviations of its sampling noise R-hat cannot tell chains apart: never ask for less.
         limit = max(settings.rhat_target, 1 + 3 * rhat_noise(n_trace, draws))
         equil = {"window": window, "iat": tau, "rhat_thinned": rhats, "rhat_limit": limit, "draws_per_chain": draws,
                  "acceptance": acc_sum / window}
         say(f"equilibration window of {window} sweeps: IAT {tau:.3g}, R-hat "
-            + ", ".join(f"{k} {v:.4f}" for k, v in rhats.items()) + f" (limit {limit:.4f})")
+            + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in rhats.items())
+            + f" (limit {limit:.4f})")
         if not settings.equilibrate:
             break
-        if window >= settings.window_iats * tau and all(r < limit for r in rhats.values()):
+        if window >= settings.window_iats * tau and all(r is not None and r < limit for r in rhats.values()):
             break
         if used >= settings.max_sweeps:
             raise EnfError(f"chains did not equilibrate within {settings.max_sweeps} sweeps (last window: IAT "

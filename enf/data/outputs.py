@@ -1,14 +1,16 @@
 """Data-set output folders: reuse a complete one, refuse one that holds something else, record meta.json last.
 
 A folder is complete when its meta.json names the same data set and arguments and every file it lists still has
-its recorded SHA-256. meta.json is removed before writing starts and written after every other file, so a folder
-that was interrupted half-way never looks complete.
+its recorded SHA-256. While files are written, meta.json is absent and a marker (.incomplete.json) names the data
+set being written; an error removes what was written, and a run killed outright leaves the marker, so the next
+run with the same arguments starts over and one with other arguments is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from enf.io import read_json, sha256_file, write_json
 from enf.version import code_version
 
 META = "meta.json"
+MARKER = ".incomplete.json"
 
 
 def _normalise(obj: Any) -> Any:
@@ -35,6 +38,14 @@ def check_output(out_dir: Path, dataset: str, args: dict[str, Any], data_files: 
         raise EnfError(f"{out_dir}: exists and is not a directory")
     if force or not out_dir.exists():
         return False
+    if not meta_path.exists() and (out_dir / MARKER).exists():
+        marker = read_json(out_dir / MARKER)
+        marker = marker if isinstance(marker, dict) else {}
+        if (marker.get("dataset"), marker.get("args")) == (dataset, _normalise(args)):
+            log(f"{out_dir}: an earlier run with the same arguments was interrupted; starting over")
+            return False
+        raise EnfError(f"{out_dir}: holds an interrupted run of a different data set ({marker.get('dataset')!r} "
+                       f"with arguments {marker.get('args')}); choose another --out or pass --force")
     if not meta_path.exists():
         present = [name for name in data_files if (out_dir / name).exists()]
         if present:
@@ -64,10 +75,20 @@ def check_output(out_dir: Path, dataset: str, args: dict[str, Any], data_files: 
     return True
 
 
-def begin_output(out_dir: Path) -> None:
-    """Create the folder and drop any old meta.json, so a half-written folder is never taken as complete."""
+@contextlib.contextmanager
+def writing(out_dir: Path, dataset: str, args: dict[str, Any], files: Iterable[str]) -> Iterator[None]:
+    """Around the writing of `files`: drop meta.json and leave a marker first; on any error remove what was written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / META).unlink(missing_ok=True)
+    write_json(out_dir / MARKER, {"dataset": dataset, "args": _normalise(args)})
+    try:
+        yield
+    except BaseException:
+        for name in files:
+            (out_dir / name).unlink(missing_ok=True)
+        (out_dir / META).unlink(missing_ok=True)
+        (out_dir / MARKER).unlink(missing_ok=True)
+        raise
 
 
 def finish_output(out_dir: Path, dataset: str, args: dict[str, Any], files: Iterable[str],
@@ -82,4 +103,5 @@ def finish_output(out_dir: Path, dataset: str, args: dict[str, Any], files: Iter
         **extra,
     }
     write_json(out_dir / META, record)
+    (out_dir / MARKER).unlink(missing_ok=True)
     return out_dir / META

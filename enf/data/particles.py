@@ -21,7 +21,7 @@ import torch
 
 from enf.data import figures
 from enf.data.openmm_lj13 import langevin_sample, lattice_start
-from enf.data.outputs import begin_output, check_output, finish_output
+from enf.data.outputs import check_output, finish_output, writing
 from enf.diagnostics import (
     autocorr_time,
     configurational_temperature,
@@ -309,22 +309,22 @@ def generate_particles(name: str, out_dir: str | Path, *, n_train: int | None = 
     checks["passed"] = not failures
     checks["failures"] = failures
 
-    begin_output(out_dir)
-    for split in SPLITS:
-        save_npz(out_dir / f"{split}.npz", positions=positions[split], energy=energies[split])
-    _figures(name, out_dir, positions, energies, traces["train"], openmm_energies)
-    meta_extra = {
-        "seed": seed, "quick": quick, "energy": target.describe(), "dtype": "float32 positions, float64 energy",
-        "centre_of_mass": "removed per sample",
-        "order": "draw-major within a split: sample k is draw k // chains of chain k % chains",
-        "sampler": {"kernel": "single-particle Metropolis sweeps (Gaussian moves, random order)",
-                    "jump_prob": recipe.jump_prob, "jump_factor": recipe.jump_factor,
-                    "settings": settings_dict(settings),
-                    "seeds": "numpy SeedSequence(seed).spawn(3): training chains, valid+test chains, OpenMM"},
-        "splits": diags, "checks": checks,
-        "timing": {"wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start},
-    }
-    finish_output(out_dir, name, args, data_files + list(FIGURES), meta_extra)
+    with writing(out_dir, name, args, data_files + list(FIGURES)):
+        for split in SPLITS:
+            save_npz(out_dir / f"{split}.npz", positions=positions[split], energy=energies[split])
+        _figures(name, out_dir, positions, energies, traces["train"], openmm_energies)
+        meta_extra = {
+            "seed": seed, "quick": quick, "energy": target.describe(), "dtype": "float32 positions, float64 energy",
+            "centre_of_mass": "removed per sample",
+            "order": "draw-major within a split: sample k is draw k // chains of chain k % chains",
+            "sampler": {"kernel": "single-particle Metropolis sweeps (Gaussian moves, random order)",
+                        "jump_prob": recipe.jump_prob, "jump_factor": recipe.jump_factor,
+                        "settings": settings_dict(settings),
+                        "seeds": "numpy SeedSequence(seed).spawn(3): training chains, valid+test chains, OpenMM"},
+            "splits": diags, "checks": checks,
+            "timing": {"wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start},
+        }
+        finish_output(out_dir, name, args, data_files + list(FIGURES), meta_extra)
     log(f"{name}: wrote {out_dir} in {meta_extra['timing']['wall_seconds']:.1f} s")
     return read_json(out_dir / "meta.json")
 

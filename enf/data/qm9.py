@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from enf.data.outputs import begin_output, check_output, finish_output
+from enf.data.outputs import check_output, finish_output, writing
 from enf.errors import EnfError
 from enf.io import load_npz, save_npz, sha256_file
 
@@ -184,25 +184,25 @@ def prepare_qm9(out_dir: str | Path, positional: bool = False, source: str | Pat
     if counts != EXPECTED_SIZES or n19 != EXPECTED_19_ATOMS:
         raise EnfError(f"QM9 split differs from Cormorant's: sizes {counts} (expected {EXPECTED_SIZES}), "
                        f"19-atom molecules {n19} (expected {EXPECTED_19_ATOMS}); is the source table different?")
-    begin_output(out_dir)
-    for split in SPLITS:
-        save_npz(paths[split], **split_arrays(data, rows[split], positional))
-    extra = {
-        "split": {"recipe": "sort by GDB9 index; np.random.seed(0); perm = np.random.permutation(N); "
-                            "train/valid/test = consecutive slices of perm (100000 / 17748 / 13083); each split "
-                            "in ascending GDB9 order",
-                  "sizes": counts, "molecules_with_19_atoms": n19,
-                  "stored": {s: (n19[s] if positional else counts[s]) for s in SPLITS}},
-        "arrays": (["positions (M, 19, 3) float32, Angstrom, centred", "index (GDB9)"] if positional else
-                   ["positions (M, 29, 3) float32, Angstrom, centred over real atoms, padding 0",
-                    "atom_mask (M, 29) bool", "one_hot (M, 29, 5) bool over (H, C, N, O, F)",
-                    "charges (M, 29) int64 atomic numbers, 0 = padding", "num_atoms (M,) int64",
-                    "index (M,) int64 GDB9 index", "smiles (M,) unicode"]),
-        "source": {f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files},
-        "timing": {"wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
-                   "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
-    }
-    finish_output(out_dir, name, args, data_files, extra)
+    with writing(out_dir, name, args, data_files):
+        for split in SPLITS:
+            save_npz(paths[split], **split_arrays(data, rows[split], positional))
+        extra = {
+            "split": {"recipe": "sort by GDB9 index; np.random.seed(0); perm = np.random.permutation(N); "
+                                "train/valid/test = consecutive slices of perm (100000 / 17748 / 13083); each split "
+                                "in ascending GDB9 order",
+                      "sizes": counts, "molecules_with_19_atoms": n19,
+                      "stored": {s: (n19[s] if positional else counts[s]) for s in SPLITS}},
+            "arrays": (["positions (M, 19, 3) float32, Angstrom, centred", "index (GDB9)"] if positional else
+                       ["positions (M, 29, 3) float32, Angstrom, centred over real atoms, padding 0",
+                        "atom_mask (M, 29) bool", "one_hot (M, 29, 5) bool over (H, C, N, O, F)",
+                        "charges (M, 29) int64 atomic numbers, 0 = padding", "num_atoms (M,) int64",
+                        "index (M,) int64 GDB9 index", "smiles (M,) unicode"]),
+            "source": {f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files},
+            "timing": {"wall_seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+                       "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        }
+        finish_output(out_dir, name, args, data_files, extra)
     stored = ", ".join(f"{s} {n:,}" for s, n in extra["split"]["stored"].items())
     log(f"{name}: wrote {out_dir} ({stored}) in {extra['timing']['wall_seconds']:.1f} s")
     return paths

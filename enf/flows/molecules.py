@@ -222,7 +222,7 @@ class MoleculeFlow(nn.Module):
 
 def build_molecule_flow(cfg: dict[str, Any], spec: Any, cnf: CNF) -> MoleculeFlow:
     """The QM9 model of `cfg` around `cnf`; q-network and ActNorm settings from `cfg['model']` or the protocol."""
-    model = cfg.get("model", {})
+    model = {"group_size": 16, **cfg.get("model", {})}
     n_categories = spec.n_features - 1
     return MoleculeFlow(
         cnf, spec.n_nodes, spec.n_dim, n_categories,
@@ -230,4 +230,5 @@ def build_molecule_flow(cfg: dict[str, Any], spec: Any, cnf: CNF) -> MoleculeFlo
         dequantizer_layers=int(model.get("dequantizer_layers", 4)),
         actnorm=bool(model.get("actnorm", True)),
         actnorm_position_logdet=str(model.get("actnorm_position_logdet", "all")),
+        group_size=int(model["group_size"]) if model.get("group_size") else None,
     )

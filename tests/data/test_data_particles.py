@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,35 @@ def test_damaged_output_is_regenerated_and_force_overwrites(tmp_path: Path) -> N
     generate_particles("dw4", out, seed=6, force=True, log=_quiet(), **TINY)
     assert read_json(out / "meta.json")["args"]["seed"] == 6
     assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no temporary files left
+
+
+def test_failure_while_writing_leaves_nothing_and_interrupted_runs_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import enf.data.particles as particles
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("disk full")
+
+    out = tmp_path / "d"
+    monkeypatch.setattr(particles, "_figures", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate_particles("dw4", out, log=_quiet(), **TINY)
+    assert list(out.iterdir()) == []                                   # the split files were removed again
+    monkeypatch.undo()
+    # A run killed outright leaves its marker and partial files: the same arguments start over.
+    (out / ".incomplete.json").write_text(json.dumps({"dataset": "dw4", "args": _args(seed=0)}))
+    (out / "train.npz").write_bytes(b"partial")
+    messages: list[str] = []
+    generate_particles("dw4", out, log=_quiet(messages), **TINY)
+    assert any("interrupted" in m for m in messages)
+    assert load_particles(out / "train.npz")["positions"].shape == (40, 4, 2)
+    assert not (out / ".incomplete.json").exists()
+
+
+def _args(seed: int) -> dict:
+    return {"dataset": "dw4", "n_train": 40, "n_valid": 20, "n_test": 20, "seed": seed, "energy": "dw4",
+            "burn_in": 20, "max_sweeps": 20_000, "rhat_target": 1.01, "quick": True, "chains": 10,
+            "eval_chains": 5}
 
 
 def test_unknown_files_without_meta_are_refused(tmp_path: Path) -> None:

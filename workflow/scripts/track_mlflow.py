@@ -240,7 +240,14 @@ def training_payload(run_dir: Path) -> dict[str, Any]:
             if key != "epoch" and value is not None and math.isfinite(value):
                 series.append((key, value, ts, step))
     tags = {k: str(v) for k, v in final.items() if as_number(v) is None and v is not None}
-    return {"params": flatten(config), "metrics": metrics, "series": series, "tags": tags,
+    params = flatten(config)
+    imported = run_dir / "import.json"  # a run directory made by `enf import-en-flows` (no training)
+    if imported.is_file():
+        info = json.loads(imported.read_text())
+        params.update({f"import.{k}": v for k, v in flatten(info).items() if v is not None})
+        if info.get("code_version"):
+            tags.setdefault("code_version", str(info["code_version"]))
+    return {"params": params, "metrics": metrics, "series": series, "tags": tags,
             "start_ms": int(start_s * 1000), "end_ms": int(end_s * 1000)}
 
 
@@ -288,7 +295,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     tags.setdefault("job_key", args.job_key)
     payload = training_payload(run_dir)
     artifacts = [(run_dir / name, None) for name in
-                 ("config.yaml", "metrics.json", "history.csv", "training_curves.png")]
+                 ("config.yaml", "metrics.json", "history.csv", "training_curves.png", "import.json")]
     artifacts += [(Path(p), "logs") for p in args.log]
     artifacts += [(Path(p), "extra") for p in args.artifact]
     if args.checkpoint:
