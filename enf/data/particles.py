@@ -1,8 +1,9 @@
 """Generate the DW4 and LJ13 data sets by Metropolis MCMC, check that they follow their energies, write them.
 
-Each split (train, valid, test) comes from its own chains with its own seed (spawned from --seed), its own
-burn-in and step-size adaptation: validation and test share nothing with the training pool. Samples are stored in
-draw-major order (first draw of every chain, then the second, ...), so a training-set prefix spreads over chains.
+The training pool comes from one run of parallel chains; validation and test from a second run with its own seed
+(spawned from --seed), own starting states, burn-in and step-size adaptation, each split on its own chains: they
+share nothing with the training pool. Samples are stored in draw-major order (first draw of every chain, then the
+second, ...), so a training-set prefix spreads over chains, and stored draws are one IAT apart (nearly independent).
 Before anything is written, every split must pass: configurational temperature 1 within its error, thinned split
 R-hat below its target, and (LJ13) agreement with an independent OpenMM Langevin sampler.
 """

@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEFILE = ROOT / "Snakefile"
 
-SMOKE = ROOT / "config" / "smoke.yaml"
+# Debugging aid: ENF_E2E_CONFIG=path runs these tests on another (smoke-like, name: smoke) config file.
+SMOKE = Path(os.environ.get("ENF_E2E_CONFIG") or ROOT / "config" / "smoke.yaml")
 OUT = "results/smoke"
 TRACK = ROOT / "workflow" / "scripts" / "track_mlflow.py"
 
