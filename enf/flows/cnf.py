@@ -54,7 +54,7 @@ class AugmentedDynamics(nn.Module):
             reg = dxh.pow(2).flatten(1).sum(1) + frob if self.regularize else torch.zeros_like(div)
             return dxh, div, reg
         with torch.enable_grad():
-            if not xh.requires_grad:
+            if not keep_graph or not xh.requires_grad:  # the adjoint's forward solve passes graph-less states
                 xh = xh.detach().requires_grad_(True)
             dxh = self.field(t, xh, self.mask)
             frob = None
