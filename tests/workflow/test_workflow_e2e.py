@@ -48,8 +48,12 @@ def smk_cmd(workdir: Path, *args: str) -> list[str]:
             "--configfile", str(SMOKE), *args]
 
 
-def run_smk(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+# The code versions are pinned, so that edits of enf made while the tests run do not count as code changes.
+PINNED = {"OMP_NUM_THREADS": "1", "ENF_CODE_VERSION": "e2e-1", "ENF_DATA_CODE_VERSION": "e2e-data-1"}
+
+
+def run_smk(workdir: Path, *args: str, timeout: int = 900, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **PINNED, **env_extra}
     return subprocess.run(smk_cmd(workdir, *args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -159,6 +163,15 @@ def test_changing_one_model_reruns_only_its_jobs_and_the_tables(smoke: Path, tmp
         assert "model=enf," in block.split("wildcards:")[1].splitlines()[0]
 
 
+def test_editing_enf_reruns_model_jobs_but_not_data(smoke: Path) -> None:
+    """A new enf source hash (here: a new pinned version) reruns training and what follows, not the data."""
+    res = run_smk(smoke, "-n", "--quiet", "rules", ENF_CODE_VERSION="e2e-2")
+    counts = job_counts(res.stdout + res.stderr)
+    n_runs = len(list((smoke / OUT / "runs").rglob("metrics.json")))
+    assert counts.get("train") == n_runs and counts.get("tables") == 3
+    assert "data_mcmc" not in counts and "data_qm9pack" not in counts and "data_split" not in counts
+
+
 def test_forcerun_of_a_rule(smoke: Path) -> None:
     res = run_smk(smoke, "-n", "--quiet", "rules", "--forcerun", "tables")
     counts = job_counts(res.stdout + res.stderr)
@@ -196,7 +209,7 @@ def test_killed_training_job_resumes_when_started_again(smoke: Path, tmp_path: P
     run_dir = f"{OUT}/runs/dw4/enf/n100/seed0"
     target = f"{run_dir}/metrics.json"
     args = ["--cores", "1", "--configfile", str(SMOKE), str(override), "--", target]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **PINNED}
     proc = subprocess.Popen(smk_cmd(smoke, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     state = smoke / run_dir / "state" / "last.pt"

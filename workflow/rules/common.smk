@@ -2,6 +2,7 @@
 import hashlib
 import importlib.util
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -77,9 +78,11 @@ def _data_hash():
     return _hash_files([f for f in files if str(f.relative_to(root)) not in DATA_CODE_EXCLUDE])
 
 
+# ENF_CODE_VERSION / ENF_DATA_CODE_VERSION pin the code versions (e.g. during a long run, so that cosmetic edits
+# of enf rerun nothing; the tests pin them too, so that concurrent edits do not disturb their reruns).
 if config["rerun_on_code_change"]:
-    CODE = _package_hash()
-    DATA_CODE = _data_hash()
+    CODE = os.environ.get("ENF_CODE_VERSION") or _package_hash()
+    DATA_CODE = os.environ.get("ENF_DATA_CODE_VERSION") or _data_hash()
 else:
     CODE = DATA_CODE = "not tracked (rerun_on_code_change: false)"
 
