@@ -12,7 +12,8 @@ NFE per solve (training solves for ML; evaluation solves for both) and the train
 validation NLL first reached `--target` (default: the paper's E-NF DW4 value at n = 1000, 8.15). If ML does not
 reach it within its budget, its time to the target is extrapolated as (seconds per iteration measured over the
 whole budget) x (the protocol's iterations: 300 epochs x 10 = 3000) and labelled `extrapolated`.
-`--interleave K` also times K ML and K FM iterations alternately in one process (a load-robust cost ratio).
+`--interleave K` also times K ML and K FM iterations alternately in one process, at the initial weights and at
+the selected ones (a cost ratio robust to the machine's load, which the sequential runs are not).
 
 Usage:
   python benchmarks/bench_flow_matching.py --data DATA_DIR [--dataset dw4] [--n-train 1000]
@@ -133,26 +134,38 @@ def train_run(method: str, model: torch.nn.Module, cfg: dict[str, Any], data: di
             "seconds_to_target": reached, "trajectory": trajectory}
 
 
-def interleaved_costs(cfg_ml: dict[str, Any], cfg_fm: dict[str, Any], data: dict[str, Any], k: int,
-                      seed: int) -> dict[str, float]:
-    """Median seconds per ML and per FM iteration, timed alternately (1 ML, 1 FM, ...) from the same init."""
-    seed_everything(seed)
-    ml = build_model(cfg_ml)
-    fm = copy.deepcopy(ml)
-    opt_ml, opt_fm = make_optimizer(ml, cfg_ml, 5e-4), make_optimizer(fm, cfg_fm, 5e-4)
-    bs = int(cfg_ml["train"]["batch_size"])
+def interleaved_costs(models: dict[str, torch.nn.Module], cfgs: dict[str, dict[str, Any]], data: dict[str, Any],
+                      k: int, seed: int) -> dict[str, float]:
+    """Median seconds per iteration of each method, timed alternately (ML, FM, ML, ...) in one process.
+
+    The models are copies (their training is not touched); alternating makes the ratio robust to the machine's
+    load, which the sequential runs are not.
+    """
+    torch.manual_seed(seed)
+    copies = {m: copy.deepcopy(model) for m, model in models.items()}
+    opts = {m: make_optimizer(copies[m], cfgs[m], 5e-4) for m in copies}
+    bs = int(cfgs["ml"]["train"]["batch_size"])
     batch_list = batches(data["train"], bs, torch.randperm(data["train"]["positions"].shape[0]), drop_last=True)
-    t_ml, t_fm = [], []
+    times: dict[str, list[float]] = {m: [] for m in copies}
     for i in range(k + 1):
         batch = batch_list[i % len(batch_list)]
-        for method, model, opt, cfg, times in (("ml", ml, opt_ml, cfg_ml, t_ml), ("fm", fm, opt_fm, cfg_fm, t_fm)):
+        for method in copies:
             start = time.perf_counter()
-            step(method, model, opt, batch, cfg)
+            step(method, copies[method], opts[method], batch, cfgs[method])
             if i:
-                times.append(time.perf_counter() - start)
-    t_ml.sort()
-    t_fm.sort()
-    return {"ml": t_ml[len(t_ml) // 2], "fm": t_fm[len(t_fm) // 2]}
+                times[method].append(time.perf_counter() - start)
+    return {m: sorted(t)[len(t) // 2] for m, t in times.items()}
+
+
+def save_checkpoint(model: torch.nn.Module, cfg: dict[str, Any], res: dict[str, Any], path: Path) -> None:
+    """The selected model as an enf checkpoint, so that `enf evaluate` / `enf sample` run on it."""
+    from enf import checkpoints
+    from enf.version import code_version
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints.save(path, {"format": checkpoints.FORMAT, "config": cfg, "model_state": model.state_dict(),
+                            "epoch": res["best_iteration"], "code_version": code_version(),
+                            "metrics": {k: v for k, v in res.items() if k != "trajectory"}})
 
 
 def main() -> None:
@@ -171,7 +184,9 @@ def main() -> None:
     p.add_argument("--fm-lr", type=float, default=None, help="FM learning rate (default: the config's, as ML)")
     p.add_argument("--n-valid", type=int, default=None, help="validate on the first N validation samples")
     p.add_argument("--target", type=float, default=None, help="NLL to reach (default: the paper's E-NF value)")
-    p.add_argument("--interleave", type=int, default=0, help="also time K alternating ML/FM iterations")
+    p.add_argument("--interleave", type=int, default=0,
+                   help="also time K alternating ML/FM iterations, at the initial and at the selected weights")
+    p.add_argument("--save-dir", default=None, help="save each selected model as DIR/<dataset>_<method>/checkpoint.pt")
     p.add_argument("--methods", default="ml,fm", help="comma-separated: ml, fm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -198,8 +213,20 @@ def main() -> None:
     init = build_model(cfg_ml).state_dict()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     results = []
-    for method in args.methods.split(","):
-        cfg = cfg_ml if method == "ml" else cfg_fm
+    cfgs = {"ml": cfg_ml, "fm": cfg_fm}
+    methods = args.methods.split(",")
+    trained: dict[str, torch.nn.Module] = {}
+    start_costs: dict[str, float] = {}
+    if args.interleave:
+        fresh = {}
+        for m in methods:
+            fresh[m] = build_model(cfgs[m])
+            fresh[m].load_state_dict(init)
+        start_costs = interleaved_costs(fresh, cfgs, data, args.interleave, args.seed)
+        log("interleaved seconds per iteration at the initial weights: "
+            + ", ".join(f"{m} {v:.3f}" for m, v in start_costs.items()))
+    for method in methods:
+        cfg = cfgs[method]
         model = build_model(cfg)
         model.load_state_dict(init)
         log(f"{method}: {args.dataset}, n={args.n_train}, lr {lr if method == 'ml' else fm_lr}"
@@ -222,12 +249,16 @@ def main() -> None:
         else:
             res["target_time_kind"] = "not reached"
         results.append(res)
-    costs = interleaved_costs(cfg_ml, cfg_fm, data, args.interleave, args.seed) if args.interleave else {}
+        trained[method] = model
+        if args.save_dir:
+            save_checkpoint(model, cfg, res, Path(args.save_dir) / f"{args.dataset}_{method}" / "checkpoint.pt")
+    end_costs = interleaved_costs(trained, cfgs, data, args.interleave, args.seed) if args.interleave else {}
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     columns = ["timestamp", "dataset", "n_train", "method", "pairing", "sigma", "lr", "iterations", "train_seconds",
-               "seconds_per_iteration", "interleaved_seconds_per_iteration", "best_iteration", "best_val_nll",
+               "seconds_per_iteration", "interleaved_seconds_per_iteration_start",
+               "interleaved_seconds_per_iteration_end", "best_iteration", "best_val_nll",
                "test_nll", "test_nll_sem", "eval_trace", "train_nfe", "test_nfe", "target", "seconds_to_target",
                "target_time_kind", "host", "threads"]
     summary = out / "flow_matching.csv"
@@ -239,7 +270,8 @@ def main() -> None:
         for res in results:
             writer.writerow({**res, "timestamp": stamp, "dataset": args.dataset, "n_train": args.n_train,
                              "target": target, "host": platform.node(), "threads": args.threads,
-                             "interleaved_seconds_per_iteration": costs.get(res["method"], "")})
+                             "interleaved_seconds_per_iteration_start": start_costs.get(res["method"], ""),
+                             "interleaved_seconds_per_iteration_end": end_costs.get(res["method"], "")})
     with open(out / f"flow_matching_trajectory_{args.dataset}.csv", "a", newline="") as handle:
         cols = ["timestamp", "method", "iteration", "epoch", "train_seconds", "val_nll", "val_nll_sem", "val_nfe",
                 "train_nfe", "val_seconds"]
@@ -258,9 +290,10 @@ def main() -> None:
         print(f"{r['method']:8} {r['iterations']:6d} {r['train_seconds']:9.1f} {r['seconds_per_iteration']:7.3f} "
               f"{r['best_val_nll']:9.3f} {r['test_nll']:8.3f}+-{r['test_nll_sem']:.3f} {r['test_nfe']:8.1f} "
               f"{r['train_nfe']:9.1f}  {r['seconds_to_target'] or float('nan'):.1f} s ({r['target_time_kind']})")
-    if costs:
-        print(f"interleaved ({args.interleave} each): ML {costs['ml']:.3f} s/it, FM {costs['fm']:.3f} s/it, "
-              f"ratio {costs['ml'] / costs['fm']:.1f}x per iteration")
+    for when, costs in (("initial", start_costs), ("selected", end_costs)):
+        if "ml" in costs and "fm" in costs:
+            print(f"interleaved at the {when} weights ({args.interleave} each): ML {costs['ml']:.3f} s/it, "
+                  f"FM {costs['fm']:.3f} s/it, ratio {costs['ml'] / costs['fm']:.1f}x per iteration")
     by = {r["method"]: r for r in results}
     if "ml" in by and "fm" in by and by["fm"]["seconds_to_target"]:
         ratio = by["ml"]["seconds_to_target"] / by["fm"]["seconds_to_target"]

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchdiffeq import odeint
 
 from enf.energies import PairEnergy, make_energy
 from enf.errors import EnfError, NumericalError
@@ -82,13 +81,6 @@ def log_partition_forward(log_w: Tensor) -> float:
 
 
 # -- model densities -------------------------------------------------------------------------------------------
-def _solver_kwargs(cnf: nn.Module) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"rtol": cnf.rtol, "atol": cnf.atol, "method": cnf.method}
-    if cnf.options:
-        kwargs["options"] = cnf.options
-    return kwargs
-
-
 def _check_particle_model(model: nn.Module) -> None:
     if getattr(model, "kind", None) != "particles":
         raise EnfError(f"Boltzmann evaluation needs a particle flow (DW4, LJ13); got a "
@@ -99,18 +91,8 @@ def _check_particle_model(model: nn.Module) -> None:
 def _sample_batch(model: nn.Module, z: Tensor, trace: str) -> tuple[Tensor, Tensor, int]:
     """Reverse-solve base draws z (t = 1) to samples x (t = 0) with log q(x) from the same solve."""
     cnf = model.cnf
-    dyn = cnf.dynamics
-    dyn.mask, dyn.trace, dyn.regularize, dyn.nfe = None, trace, False, 0
-    hutchinson = trace == "hutchinson" and not cnf.field.closed_form_divergence
-    dyn.noise = (torch.randint(0, 2, z.shape, device=z.device).to(z.dtype) * 2 - 1) if hutchinson else None
-    zeros = z.new_zeros(z.shape[0])
-    times = torch.tensor([1.0, 0.0], dtype=z.dtype, device=z.device)
-    try:
-        xs, int_div, _ = odeint(dyn, (z, zeros, zeros.clone()), times, **_solver_kwargs(cnf))
-    except AssertionError as err:  # torchdiffeq's step-size underflow / too many steps
-        raise NumericalError(f"reverse solve failed: {err}") from None
-    # d(acc)/dt = div f integrated from 1 down to 0 gives acc(0) = -int_0^1 div f; log q(x) = log p(z) + int div f
-    return xs[-1], com_free_gaussian_log_prob(z) - int_div[-1], dyn.nfe
+    x, log_det = cnf.decode_with_logdet(z, trace=trace)
+    return x, com_free_gaussian_log_prob(z) + log_det, cnf.last_nfe
 
 
 def _sample_robust(model: nn.Module, z: Tensor, trace: str) -> tuple[Tensor, Tensor, list[int]]:

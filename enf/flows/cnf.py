@@ -7,6 +7,7 @@ vector-Jacobian product per coordinate), Hutchinson's estimate e^T (df/dxh) e wi
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -38,7 +39,7 @@ class AugmentedDynamics(nn.Module):
         super().__init__()
         self.field = field
         self.compile = compile
-        self._compiled: Any = None
+        self._cache: dict[str, Any] = {}  # shared by every bound view, so the field compiles once
         self.mask: Tensor | None = None
         self.noise: Tensor | None = None
         self.trace = "hutchinson"
@@ -77,6 +78,13 @@ class AugmentedDynamics(nn.Module):
             dxh, div, reg = dxh.detach(), div.detach(), reg.detach()
         return dxh, div, reg
 
+    def bind(self, mask: Tensor | None, noise: Tensor | None, trace: str, regularize: bool) -> AugmentedDynamics:
+        """A view for one solve that shares the field: the adjoint's backward pass of a solve must see that
+        solve's mask and probe, even when other solves (e.g. groups of one batch) ran after it."""
+        view = copy.copy(self)
+        view.mask, view.noise, view.trace, view.regularize, view.nfe = mask, noise, trace, regularize, 0
+        return view
+
     def _fused(self) -> Any:
         """torch.compile of (field, Hutchinson term) in one graph: about 2-3x faster per training evaluation.
 
@@ -84,7 +92,7 @@ class AugmentedDynamics(nn.Module):
         returns the velocity and its vector-Jacobian product from torch.func.vjp compiles. The first compile
         takes minutes on 2 cores; set TORCHINDUCTOR_CACHE_DIR to keep it between runs.
         """
-        if self._compiled is None:
+        if "fused" not in self._cache:
             field = self.field
 
             def fused(t: Tensor, xh: Tensor, e: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -92,8 +100,8 @@ class AugmentedDynamics(nn.Module):
                 (e_jac,) = pullback(e)
                 return dxh, (e_jac * e).flatten(1).sum(1), e_jac.pow(2).flatten(1).sum(1)
 
-            self._compiled = torch.compile(fused)
-        return self._compiled
+            self._cache["fused"] = torch.compile(fused)
+        return self._cache["fused"]
 
 
 class CNF(nn.Module):
@@ -146,18 +154,33 @@ class CNF(nn.Module):
     def forward(self, xh: Tensor, mask: Tensor | None = None, trace: str | None = None) -> tuple[Tensor, Tensor,
                                                                                                     Tensor]:
         """Encode: integrate data xh (t=0) to latent z (t=1); return z, log|det dz/dx| (B,) and reg (B,)."""
-        dyn = self.dynamics
-        dyn.mask = mask
-        dyn.trace = trace or self.trace
-        dyn.regularize = self.regularization > 0 and torch.is_grad_enabled()
-        needs_probe = dyn.regularize or (dyn.trace == "hutchinson" and not self.field.closed_form_divergence)
-        dyn.noise = self._probe(xh, mask) if needs_probe else None
-        dyn.nfe = 0
+        trace = trace or self.trace
+        regularize = self.regularization > 0 and torch.is_grad_enabled()
+        dyn = self.dynamics.bind(mask, self._noise_for(xh, mask, trace, regularize), trace, regularize)
         zeros = xh.new_zeros(xh.shape[0])
         times = torch.tensor([0.0, 1.0], dtype=xh.dtype, device=xh.device)
         zt, logdet, reg = self._solve(dyn, (xh, zeros, zeros.clone()), times)
         self.last_nfe = dyn.nfe
         return zt[-1], logdet[-1], reg[-1]
+
+    def _noise_for(self, xh: Tensor, mask: Tensor | None, trace: str, regularize: bool) -> Tensor | None:
+        """The solve's Hutchinson probe, or None when neither the trace nor the regulariser needs one."""
+        needs_probe = regularize or (trace == "hutchinson" and not self.field.closed_form_divergence)
+        return self._probe(xh, mask) if needs_probe else None
+
+    @torch.no_grad()
+    def decode_with_logdet(self, z: Tensor, mask: Tensor | None = None,
+                           trace: str | None = None) -> tuple[Tensor, Tensor]:
+        """Invert z (t=1) to x (t=0) together with log|det dz/dx| from the same solve (the field's divergence
+        integrated along the path), so that log q(x) = log p(z) + log_det without a second, forward solve."""
+        trace = trace or self.trace
+        dyn = self.dynamics.bind(mask, self._noise_for(z, mask, trace, False), trace, False)
+        zeros = z.new_zeros(z.shape[0])
+        times = torch.tensor([1.0, 0.0], dtype=z.dtype, device=z.device)
+        xs, acc, _ = self._solve(dyn, (z, zeros, zeros.clone()), times)
+        self.last_nfe = dyn.nfe
+        # d acc/dt = div f integrated from t=1 down to t=0 gives acc = -int_0^1 div f dt = -log_det
+        return xs[-1], -acc[-1]
 
     @torch.no_grad()
     def decode(self, z: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -43,7 +43,7 @@ class MoleculeFlow(nn.Module):
     def __init__(self, cnf: CNF, max_nodes: int, n_dim: int = 3, n_categories: int = 5,
                  dequantizer_nf: int = 64, dequantizer_layers: int = 4, actnorm: bool = True,
                  actnorm_position_logdet: str = "all", sample_batch_size: int = 128,
-                 group_size: int | None = 16) -> None:
+                 group_size: int | None = 8) -> None:
         super().__init__()
         self.cnf = cnf
         self.max_nodes = max_nodes
@@ -222,7 +222,7 @@ class MoleculeFlow(nn.Module):
 
 def build_molecule_flow(cfg: dict[str, Any], spec: Any, cnf: CNF) -> MoleculeFlow:
     """The QM9 model of `cfg` around `cnf`; q-network and ActNorm settings from `cfg['model']` or the protocol."""
-    model = {"group_size": 16, **cfg.get("model", {})}
+    model = {"group_size": 8, **cfg.get("model", {})}
     n_categories = spec.n_features - 1
     return MoleculeFlow(
         cnf, spec.n_nodes, spec.n_dim, n_categories,

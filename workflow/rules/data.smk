@@ -18,6 +18,8 @@ rule data_mcmc:
                      category="Data", subcategory="{dataset}", labels={"figure": "MCMC energy trace"}),
     log:
         f"{LOGS}/data/{{dataset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/data/{{dataset}}.tsv"
     params:
         args=lambda wc: data_args(wc.dataset),
         code=DATA_CODE,
@@ -41,6 +43,8 @@ rule data_qm9pack:
         meta=f"{OUT}/data_full/{{dataset}}/meta.json",
     log:
         f"{LOGS}/data/{{dataset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/data/{{dataset}}.tsv"
     params:
         args=lambda wc: data_args(wc.dataset),
         code=DATA_CODE,

@@ -12,6 +12,8 @@ rule import_pretrained:
         info=f"{OUT}/runs/qm9/{PRETRAINED}/nall/seed0/import.json",
     log:
         f"{LOGS}/import_pretrained.log",
+    benchmark:
+        f"{OUT}/benchmarks/import_pretrained.tsv"
     params:
         run_dir=f"{OUT}/runs/qm9/{PRETRAINED}/nall/seed0",
         code=CODE,
@@ -33,6 +35,8 @@ rule evaluate:
         f"{OUT}/eval/{CELL}/test.json",
     log:
         f"{LOGS}/evaluate/{CELL}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate/{CELL}.tsv"
     params:
         args=eval_args,
         code=CODE,
@@ -53,6 +57,8 @@ rule sample:
         f"{OUT}/samples/{CELL}/samples.npz",
     log:
         f"{LOGS}/sample/{CELL}.log",
+    benchmark:
+        f"{OUT}/benchmarks/sample/{CELL}.tsv"
     params:
         args=sample_args,
         code=CODE,
@@ -82,6 +88,8 @@ rule analyze:
         ),
     log:
         f"{LOGS}/analyze/{CELL}.log",
+    benchmark:
+        f"{OUT}/benchmarks/analyze/{CELL}.tsv"
     params:
         code=CODE,
     threads: res("analyze", "threads")
@@ -102,6 +110,8 @@ rule analyze_data:
         figures=directory(f"{OUT}/data_analysis/qm9/figures"),
     log:
         f"{LOGS}/analyze/data_qm9_test.log",
+    benchmark:
+        f"{OUT}/benchmarks/analyze/data_qm9_test.tsv"
     params:
         code=CODE,
     threads: res("analyze", "threads")

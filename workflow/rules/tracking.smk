@@ -31,6 +31,8 @@ rule track:
         f"{OUT}/tracking/{CELL}/mlflow.json",
     log:
         f"{LOGS}/tracking/{CELL}.log",
+    benchmark:
+        f"{OUT}/benchmarks/track/{CELL}.tsv"
     params:
         mlflow=MLFLOW_ARGS,
         artifact_root=MLFLOW["artifact_root"],

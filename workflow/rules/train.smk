@@ -21,6 +21,8 @@ rule train:
         ),
     log:
         f"{LOGS}/train/{CELL}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train/{CELL}.tsv"
     params:
         run_dir=lambda wc: f"{OUT}/runs/{wc.dataset}/{wc.model}/n{wc.n_train}/seed{wc.seed}",
         args=train_args,
