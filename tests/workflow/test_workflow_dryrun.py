@@ -85,3 +85,20 @@ def test_slurm_profile_requests_gpus_for_training(tmp_path: Path) -> None:
     data = [b for b in blocks if b.startswith("data_mcmc:")]
     assert train and all("gpu=1" in b and "slurm_partition=" in b for b in train)
     assert data and all("gpu=0" in b for b in data)
+
+
+def test_flow_matching_switch_adds_its_rows_and_the_ess_table(tmp_path: Path) -> None:
+    """config/flow_matching.yaml over smoke: E-NF trained by flow matching (model `enf_fm`) joins Tables 1 and 3,
+    and every DW4/LJ13 run gets a Boltzmann evaluation feeding tables/ess.*; without it neither appears."""
+    smoke = str(ROOT / "config" / "smoke.yaml")
+    plain = snakemake(tmp_path, "-n", "--configfile", smoke)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    res = snakemake(tmp_path, "-n", "--configfile", smoke, str(ROOT / "config" / "flow_matching.yaml"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out, base = res.stdout + res.stderr, plain.stdout + plain.stderr
+    counts, base_counts = job_counts(out), job_counts(base)
+    assert counts.get("boltzmann", 0) >= 2 and counts.get("ess_table") == 1, counts
+    assert "boltzmann" not in base_counts and "ess_table" not in base_counts
+    assert counts["train"] > base_counts["train"]
+    assert "/enf_fm/" in out and "/enf_fm/" not in base
+    assert "tables/ess.csv" in out
