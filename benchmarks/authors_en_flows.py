@@ -7,9 +7,8 @@ adjoint solver, dopri5 at rtol = atol = 1e-4 (the values they train and test at:
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,37 +39,36 @@ def _their_flow(mod: SimpleNamespace, n_particles: int, n_dims: int) -> tuple[An
     return flow, mod.PositionPrior(), args
 
 
-def time_training(path: str | Path, x: torch.Tensor, iters: int) -> dict[str, float]:
-    """Median seconds per training iteration (their loss, AdamW amsgrad) on batch `x` (B, N, D), and NFE."""
+def training_step(path: str | Path, x: torch.Tensor) -> Callable[[], int]:
+    """One training iteration of their E-NF (their loss, AdamW amsgrad) on batch `x` (B, N, D); returns its NFE."""
     mod = _import_authors(path)
     torch.manual_seed(0)
     flow, prior, args = _their_flow(mod, x.shape[1], x.shape[2])
     opt = torch.optim.AdamW(flow.parameters(), lr=5e-4, amsgrad=True, weight_decay=1e-12)
-    times, nfes = [], []
-    for i in range(iters + 1):
-        start = time.perf_counter()
+
+    def step() -> int:
         opt.zero_grad()
         loss, _, _, _ = mod.losses.compute_loss_and_nll(args, flow, prior, x)
         loss.backward()
         opt.step()
-        if i:
-            times.append(time.perf_counter() - start)
-            nfes.append(flow.odefunc.num_evals)
-    return {"seconds": statistics.median(times), "nfe": statistics.mean(nfes)}
+        return flow.odefunc.num_evals  # forward and adjoint evaluations of the iteration
+
+    return step
 
 
-def time_exact_nll(path: str | Path, x: torch.Tensor, batch_size: int, iters: int) -> dict[str, float]:
-    """Seconds for their exact-trace test NLL of all of `x`, in batches of `batch_size` as their test loop."""
+def exact_nll_step(path: str | Path, x: torch.Tensor, batch_size: int) -> Callable[[], int]:
+    """Their exact-trace NLL of all of `x` in batches of `batch_size`, as their test loop; returns NFE per solve."""
     mod = _import_authors(path)
     torch.manual_seed(0)
     flow, prior, args = _their_flow(mod, x.shape[1], x.shape[2])
     flow.set_trace("exact")
-    times, nfes = [], []
-    for _ in range(iters):
-        start = time.perf_counter()
+
+    def step() -> int:
+        nfes = []
         with torch.no_grad():
             for batch in x.split(batch_size):
                 mod.losses.compute_loss_and_nll(args, flow, prior, batch)
                 nfes.append(flow.odefunc.num_evals)
-        times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "nfe": statistics.mean(nfes)}
+        return round(sum(nfes) / len(nfes))
+
+    return step

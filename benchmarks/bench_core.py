@@ -16,11 +16,12 @@ import csv
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from authors_en_flows import time_exact_nll as authors_exact_nll
-from authors_en_flows import time_training as authors_training
+from authors_en_flows import exact_nll_step as authors_exact_nll_step
+from authors_en_flows import training_step as authors_training_step
 
 from enf.config import resolve
 from enf.data.datasets import DATASETS, load_split
@@ -28,6 +29,7 @@ from enf.geometry import remove_mean
 from enf.models import build_model
 
 # Measured here with the authors' code (issue 2 / performance.md): seconds per iteration at initialisation.
+AUTHORS_LABEL = "authors' code (adjoint)"
 AUTHORS = {"dw4 train iteration": 0.43, "lj13 train iteration": 3.7, "dw4 exact NLL, 1000 samples": 9.0}
 
 
@@ -39,37 +41,50 @@ def positions(name: str, n: int, data_dir: str | None) -> torch.Tensor:
     return remove_mean(torch.randn(n, spec.n_nodes, spec.n_dim) * scale)
 
 
-def time_training(name: str, iters: int, compile: bool, adjoint: bool, data_dir: str | None) -> dict:
+def training_step(name: str, x: torch.Tensor, compile: bool, adjoint: bool) -> Callable[[], int]:
+    """One E-NF training iteration (Hutchinson NLL, backward, AdamW) on batch x; returns the forward NFE."""
     torch.manual_seed(0)
     cfg = resolve(name, "enf", 1000, sets={"flow": {"compile": compile, "adjoint": adjoint}})
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-12, amsgrad=True)
-    x = positions(name, 100, data_dir)
-    times, nfes = [], []
-    for i in range(iters + 1):  # the first iteration warms up (and compiles)
-        start = time.perf_counter()
+
+    def step() -> int:
         opt.zero_grad()
         model.nll({"positions": x})["nll"].mean().backward()
         opt.step()
-        if i:
-            times.append(time.perf_counter() - start)
-            nfes.append(model.cnf.last_nfe)
-    return {"seconds": statistics.median(times), "nfe": statistics.mean(nfes)}
+        return model.cnf.last_nfe
+
+    return step
 
 
-def time_exact_nll(iters: int, data_dir: str | None) -> dict:
+def exact_nll_step(x: torch.Tensor) -> Callable[[], int]:
+    """The exact-trace NLL of all of x in one solve (no graph); returns its NFE."""
     torch.manual_seed(0)
     model = build_model(resolve("dw4", "enf", 1000))
-    model.eval()
-    x = positions("dw4", 1000, data_dir)
-    times = []
-    model.nll({"positions": x[:10]}, trace="exact")  # warm-up
-    for _ in range(iters):
-        start = time.perf_counter()
+
+    def step() -> int:
         with torch.no_grad():
             model.nll({"positions": x}, trace="exact")
-        times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "nfe": model.cnf.last_nfe}
+        return model.cnf.last_nfe
+
+    return step
+
+
+def round_robin(steps: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict[str, float]]:
+    """Median seconds and mean NFE of each step, timed in turns (one of each per round, the order rotating), so
+    that a change in the machine's load hits every contender alike. Each step first runs once untimed (warm-up,
+    compilation)."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    nfes: dict[str, list[int]] = {k: [] for k in steps}
+    labels = list(steps)
+    for r in range(rounds):
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            start = time.perf_counter()
+            nfes[label].append(steps[label]())
+            times[label].append(time.perf_counter() - start)
+    return {k: {"seconds": statistics.median(times[k]), "nfe": statistics.mean(nfes[k])} for k in steps}
 
 
 def main() -> None:
@@ -89,26 +104,28 @@ def main() -> None:
         variants.append(("compiled, direct backprop", True, False))
     measured: dict[str, float] = {}
     for name in ("dw4", "lj13"):
-        data = args.data_dw4 if name == "dw4" else args.data_lj13
-        if args.authors:
-            torch.manual_seed(0)
-            r = authors_training(args.authors, positions(name, 100, data), args.iters)
-            measured[f"{name} train iteration"] = r["seconds"]
-            rows.append({"task": f"{name} train iteration", "variant": "authors' code (adjoint)", **r})
-            print(rows[-1], flush=True)
-        for label, compile, adjoint in variants:
-            torch.manual_seed(0)
-            r = time_training(name, args.iters, compile, adjoint, data)
-            rows.append({"task": f"{name} train iteration", "variant": label, **r})
-            print(rows[-1], flush=True)
-    if args.authors:
+        task = f"{name} train iteration"
         torch.manual_seed(0)
-        r = authors_exact_nll(args.authors, positions("dw4", 1000, args.data_dw4), 100, max(args.iters // 2, 1))
-        measured["dw4 exact NLL, 1000 samples"] = r["seconds"]
-        rows.append({"task": "dw4 exact NLL, 1000 samples", "variant": "authors' code (batches of 100)", **r})
+        x = positions(name, 100, args.data_dw4 if name == "dw4" else args.data_lj13)
+        steps = {label: training_step(name, x, compile, adjoint) for label, compile, adjoint in variants}
+        if args.authors:
+            steps[AUTHORS_LABEL] = authors_training_step(args.authors, x)
+        for label, r in round_robin(steps, args.iters).items():
+            rows.append({"task": task, "variant": label, **r})
+            print(rows[-1], flush=True)
+        if args.authors:
+            measured[task] = rows[-1]["seconds"]
+    task = "dw4 exact NLL, 1000 samples"
+    torch.manual_seed(0)
+    x = positions("dw4", 1000, args.data_dw4)
+    steps = {"eager, one solve": exact_nll_step(x)}
+    if args.authors:
+        steps[AUTHORS_LABEL + ", batches of 100"] = authors_exact_nll_step(args.authors, x, 100)
+    for label, r in round_robin(steps, max(args.iters // 2, 2)).items():
+        rows.append({"task": task, "variant": label, **r})
         print(rows[-1], flush=True)
-    r = time_exact_nll(max(args.iters // 2, 1), args.data_dw4)
-    rows.append({"task": "dw4 exact NLL, 1000 samples", "variant": "eager, one solve", **r})
+    if args.authors:
+        measured[task] = rows[-1]["seconds"]
     for row in rows:
         ref = measured.get(row["task"], AUTHORS.get(row["task"]))
         row["authors_seconds"] = round(ref, 4)

@@ -171,6 +171,14 @@ def data_file(split):
     return lambda wc: f"{data_dir(wc.dataset)}/{split}.npz"
 
 
+def test_file(wc):
+    """The test split an evaluation reads: the released weights are judged on the full QM9 test split (its first
+    `pretrained.evaluate.n` molecules), trained models on their configuration's (possibly cut) test split."""
+    if wc.model == PRETRAINED:
+        return f"{OUT}/data_full/{wc.dataset}/test.npz"
+    return f"{data_dir(wc.dataset)}/test.npz"
+
+
 def cell_path(kind, dataset, model, n_train, seed, name):
     """{OUT}/<kind>/<dataset>/<model>/n<n_train>/seed<seed>/<name>."""
     return f"{OUT}/{kind}/{dataset}/{model}/n{n_train}/seed{seed}/{name}"

@@ -30,7 +30,7 @@ rule import_pretrained:
 rule evaluate:
     input:
         checkpoint=f"{OUT}/runs/{CELL}/checkpoint.pt",
-        test=data_file("test"),
+        test=test_file,
     output:
         f"{OUT}/eval/{CELL}/test.json",
     log:
