@@ -19,8 +19,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from conftest import SmokeChecks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,7 +34,6 @@ SNAKEFILE = ROOT / "Snakefile"
 # Debugging aid: ENF_E2E_CONFIG=path runs these tests on another (smoke-like, name: smoke) config file.
 SMOKE = Path(os.environ.get("ENF_E2E_CONFIG") or ROOT / "config" / "smoke.yaml")
 OUT = "results/smoke"
-TRACK = ROOT / "workflow" / "scripts" / "track_mlflow.py"
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -70,35 +73,12 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir
 
 
-def mlflow_runs(workdir: Path) -> list[dict]:
-    out = subprocess.run([sys.executable, str(TRACK), "runs", "--uri", f"sqlite:///{workdir}/results/mlflow.db",
-                          "--experiment", "enf-smoke"], capture_output=True, text=True, timeout=300, check=True)
-    return json.loads(out.stdout)
+def test_smoke_makes_all_three_tables(smoke: Path, smoke_checks: SmokeChecks) -> None:
+    smoke_checks.three_tables(smoke)
 
 
-def test_smoke_makes_all_three_tables(smoke: Path) -> None:
-    for table in ("table1", "table2", "table3"):
-        for ext in ("csv", "md", "tex"):
-            assert (smoke / OUT / "tables" / f"{table}.{ext}").is_file(), (table, ext)
-        md = (smoke / OUT / "tables" / f"{table}.md").read_text()
-        assert "Configuration: smoke" in md and "SMOKE TEST" in md and "Deviations from the protocol" in md
-    assert (smoke / OUT / "figures" / "table1_nll.png").is_file()
-    table1 = (smoke / OUT / "tables" / "table1.md").read_text()
-    assert "E-NF" in table1 and "Kernel dynamics" in table1
-
-
-def test_one_mlflow_run_per_training_job(smoke: Path) -> None:
-    trained = sorted(p.parent for p in (smoke / OUT / "runs").rglob("metrics.json"))
-    runs = mlflow_runs(smoke)
-    train_runs = [r for r in runs if r["tags"].get("rule") == "train"]
-    assert len(train_runs) == len(trained) > 0
-    keys = {r["tags"]["job_key"] for r in train_runs}
-    assert len(keys) == len(train_runs)  # one live run per job
-    for run in train_runs:
-        assert run["status"] == "FINISHED" and run["n_params"] > 20 and run["n_metrics"] > 5
-        assert run["tags"]["config_name"] == "smoke" and run["tags"]["code_version"].startswith("enf ")
-    evals = [r for r in runs if r["tags"].get("rule") == "evaluate"]
-    assert len(evals) >= len(train_runs) and all(r["parent"] for r in evals)
+def test_one_mlflow_run_per_training_job(smoke: Path, smoke_checks: SmokeChecks) -> None:
+    smoke_checks.one_mlflow_run_per_training_job(smoke)
 
 
 def _free_port() -> int:

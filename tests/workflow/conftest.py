@@ -1,0 +1,69 @@
+"""What every complete smoke run must show, run locally (test_workflow_e2e.py) or through SLURM (…_slurm.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SmokeChecks:
+    """The smoke configuration's outputs and the checks both end-to-end tests make on them (one definition)."""
+
+    # Debugging aid: ENF_E2E_CONFIG=path runs the end-to-end tests on another (smoke-like, name: smoke) config.
+    config = Path(os.environ.get("ENF_E2E_CONFIG") or ROOT / "config" / "smoke.yaml")
+    out = "results/smoke"
+    experiment = "enf-smoke"
+    track = ROOT / "workflow" / "scripts" / "track_mlflow.py"
+    # The code versions are pinned, so that edits of enf made while the tests run do not count as code changes.
+    pinned_env = {"OMP_NUM_THREADS": "1", "ENF_CODE_VERSION": "e2e-1", "ENF_DATA_CODE_VERSION": "e2e-data-1"}
+
+    def trained_runs(self, workdir: Path) -> list[Path]:
+        """The run directories of the training jobs that finished (each has its metrics.json)."""
+        return sorted(p.parent for p in (workdir / self.out / "runs").rglob("metrics.json"))
+
+    def mlflow_runs(self, workdir: Path) -> list[dict]:
+        """Every live MLflow run of the smoke experiment in the workdir's store (through track_mlflow.py)."""
+        out = subprocess.run([sys.executable, str(self.track), "runs", "--uri",
+                              f"sqlite:///{workdir}/results/mlflow.db", "--experiment", self.experiment],
+                             capture_output=True, text=True, timeout=300, check=True)
+        return json.loads(out.stdout)
+
+    def three_tables(self, workdir: Path) -> None:
+        """Tables 1-3 in every format, labelled as the smoke configuration, and the Table 1 figure."""
+        tables = workdir / self.out / "tables"
+        for table in ("table1", "table2", "table3"):
+            for ext in ("csv", "md", "tex"):
+                assert (tables / f"{table}.{ext}").is_file(), (table, ext)
+            md = (tables / f"{table}.md").read_text()
+            assert "Configuration: smoke" in md and "SMOKE TEST" in md and "Deviations from the protocol" in md
+        assert (workdir / self.out / "figures" / "table1_nll.png").is_file()
+        table1 = (tables / "table1.md").read_text()
+        assert "E-NF" in table1 and "Kernel dynamics" in table1
+
+    def one_mlflow_run_per_training_job(self, workdir: Path) -> list[dict]:
+        """One finished MLflow run per training job, each with its evaluation nested under it; returns them."""
+        trained = self.trained_runs(workdir)
+        runs = self.mlflow_runs(workdir)
+        train_runs = [r for r in runs if r["tags"].get("rule") == "train"]
+        assert len(train_runs) == len(trained) > 0
+        keys = {r["tags"]["job_key"] for r in train_runs}
+        assert len(keys) == len(train_runs)  # one live run per job
+        for run in train_runs:
+            assert run["status"] == "FINISHED" and run["n_params"] > 20 and run["n_metrics"] > 5
+            assert run["tags"]["config_name"] == "smoke" and run["tags"]["code_version"].startswith("enf ")
+        evals = [r for r in runs if r["tags"].get("rule") == "evaluate"]
+        assert len(evals) >= len(train_runs) and all(r["parent"] for r in evals)
+        return train_runs
+
+
+@pytest.fixture(scope="session")
+def smoke_checks() -> SmokeChecks:
+    """The shared smoke-run checks (a fixture, since test modules cannot import a conftest reliably)."""
+    return SmokeChecks()
