@@ -57,10 +57,10 @@ def training_step(name: str, x: torch.Tensor, compile: bool, adjoint: bool) -> C
     return step
 
 
-def exact_nll_step(x: torch.Tensor) -> Callable[[], int]:
+def exact_nll_step(x: torch.Tensor, compile: bool = False) -> Callable[[], int]:
     """The exact-trace NLL of all of x in one solve (no graph); returns its NFE."""
     torch.manual_seed(0)
-    model = build_model(resolve("dw4", "enf", 1000))
+    model = build_model(resolve("dw4", "enf", 1000, sets={"flow": {"compile": compile}}))
 
     def step() -> int:
         with torch.no_grad():
@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the compiled evaluation")
     parser.add_argument("--data-dw4", default=None)
     parser.add_argument("--data-lj13", default=None)
+    parser.add_argument("--tasks", default="train,exact", help="comma-separated subset of train,exact")
     parser.add_argument("--authors", default=None, help="a checkout of vgsatorras/en_flows to time beside ours")
     parser.add_argument("--out", default="benchmarks/results/core.csv")
     args = parser.parse_args()
@@ -103,7 +104,7 @@ def main() -> None:
     if args.compile:
         variants.append(("compiled, direct backprop", True, False))
     measured: dict[str, float] = {}
-    for name in ("dw4", "lj13"):
+    for name in ("dw4", "lj13") if "train" in args.tasks else ():
         task = f"{name} train iteration"
         torch.manual_seed(0)
         x = positions(name, 100, args.data_dw4 if name == "dw4" else args.data_lj13)
@@ -118,13 +119,15 @@ def main() -> None:
     task = "dw4 exact NLL, 1000 samples"
     torch.manual_seed(0)
     x = positions("dw4", 1000, args.data_dw4)
-    steps = {"eager, one solve": exact_nll_step(x)}
-    if args.authors:
+    steps = {"eager, one solve": exact_nll_step(x)} if "exact" in args.tasks else {}
+    if steps and args.compile:
+        steps["compiled, one solve"] = exact_nll_step(x, compile=True)
+    if steps and args.authors:
         steps[AUTHORS_LABEL + ", batches of 100"] = authors_exact_nll_step(args.authors, x, 100)
-    for label, r in round_robin(steps, max(args.iters // 2, 2)).items():
+    for label, r in (round_robin(steps, max(args.iters // 2, 2)) if steps else {}).items():
         rows.append({"task": task, "variant": label, **r})
         print(rows[-1], flush=True)
-    if args.authors:
+    if steps and args.authors:
         measured[task] = rows[-1]["seconds"]
     for row in rows:
         ref = measured.get(row["task"], AUTHORS.get(row["task"]))
