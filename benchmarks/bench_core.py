@@ -102,7 +102,7 @@ def main() -> None:
     rows = []
     variants = [("eager, direct backprop", False, False), ("eager, adjoint", False, True)]
     if args.compile:
-        variants.append(("compiled, direct backprop", True, False))
+        variants += [("compiled, direct backprop", True, False), ("compiled, adjoint", True, True)]
     measured: dict[str, float] = {}
     for name in ("dw4", "lj13") if "train" in args.tasks else ():
         task = f"{name} train iteration"

@@ -20,6 +20,9 @@ from enf.networks.base import VectorField
 
 TRACES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
+#: The compiled exact trace holds every Jacobian row's intermediates at once; above this many coordinates
+#: per sample (e.g. QM9's 29 x 9) the loop of backward passes is used instead.
+EXACT_FUSED_MAX_DIM = 64
 
 
 def exact_trace(out: Tensor, inp: Tensor, create_graph: bool) -> Tensor:
@@ -55,7 +58,7 @@ class AugmentedDynamics(nn.Module):
                 dxh, div, frob = self._fused()(t, xh, self.noise, self.mask)
                 reg = dxh.pow(2).flatten(1).sum(1) + frob if self.regularize else torch.zeros_like(div)
                 return dxh, div, reg
-            if not keep_graph and self.trace == "exact":
+            if not keep_graph and self.trace == "exact" and xh[0].numel() <= EXACT_FUSED_MAX_DIM:
                 dxh, div = self._fused_exact()(t, xh, self.mask)
                 return dxh, div, torch.zeros_like(div)
         with torch.enable_grad():
