@@ -62,7 +62,7 @@ def bench_training(data_dir: Path, iterations: int, seed: int, adjoint: bool | N
             loss.backward()
             clipper(model.flow_parameters())
             optim.step()
-            return float(loss)
+            return float(loss.detach())
 
         loss, wall, cpu = timed(step)
         rows.append({"measurement": f"training iteration {i + 1} (batch 128, fresh model)", "value": wall,
