@@ -39,7 +39,7 @@ def model() -> torch.nn.Module:
 
 def assert_close(ours: torch.Tensor, theirs: torch.Tensor, tol: float = 1e-4) -> None:
     """Within tol absolutely, or relatively where |value| > 1."""
-    ours, theirs = ours.detach().double(), theirs.double()
+    ours, theirs = ours.detach().double(), theirs.detach().double()
     err = (ours - theirs).abs() / theirs.abs().clamp(min=1.0)
     assert float(err.max()) < tol, f"max scaled error {float(err.max()):.3g}"
 
