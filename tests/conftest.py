@@ -10,17 +10,6 @@ import torch
 
 torch.set_num_threads(1)
 
-#: The longest modules (the smoke workflow through SLURM, then locally) go first, so that with `pytest -n 2
-#: --dist loadfile` each starts at once on its own worker and the rest of the suite fills the gaps, instead of
-#: the SLURM run starting last and setting the wall time alone.
-FIRST = ("test_workflow_slurm.py", "test_workflow_e2e.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put the FIRST modules at the front of the collection (a stable sort keeps every module's own order)."""
-    rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))
-
 
 def write_particle_data(root: Path, n_particles: int, n_dim: int, sizes: dict[str, int], seed: int = 0) -> Path:
     """Gaussian blobs in the particle-data format (centre of mass removed): fast stand-ins for MCMC data."""
