@@ -192,7 +192,7 @@ class Trainer:
                 loss = nll + weight * reg
             if not torch.isfinite(loss):
                 raise NumericalError(f"non-finite training loss at epoch {epoch}, step {steps} "
-                                     f"(nll {float(nll)}, reg {float(reg)})")
+                                     f"(nll {float(nll.detach())}, reg {float(reg.detach())})")
             loss.backward()
             if self.clipper:
                 norm, clipped = self.clipper(self.clip_params)
