@@ -17,7 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="default: the run's flow.trace_eval")
     p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample (averaged)")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--n", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--n", type=int, default=None,
+                   help="evaluate N samples drawn at random (seeded by --seed) from the file; not the first N, "
+                        "because QM9's split is in index order, small molecules first")
     p.add_argument("--seed", type=int, default=0, help="seed of the Hutchinson probes")
     add_device(p)
     # -- Boltzmann-generator evaluation (enf/boltzmann.py) --
@@ -34,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from enf.checkpoints import load_model
     from enf.data.datasets import DATASETS, load_split
+    from enf.errors import EnfError
     from enf.evaluation import evaluate_nll
     from enf.io import sha256_file, write_json
     from enf.training import pick_device
@@ -44,14 +47,22 @@ def run(args: argparse.Namespace) -> int:
     cfg = payload["config"]
     spec = DATASETS.get(cfg["dataset"])
     dtype = next(model.parameters()).dtype
-    data = load_split(spec, args.data, args.n, dtype)
+    data = load_split(spec, args.data, None, dtype)
+    total = data["positions"].shape[0]
+    if args.n is not None and args.n > total:
+        raise EnfError(f"{args.data}: asked for {args.n} samples but the file holds {total}")
+    subset = f"all {total}"
+    if args.n is not None and args.n < total:
+        pick = torch.randperm(total, generator=torch.Generator().manual_seed(args.seed))[: args.n].sort().values
+        data = {k: v[pick] if torch.is_tensor(v) and v.shape[:1] == (total,) else v for k, v in data.items()}
+        subset = f"{args.n} of {total} drawn at random (seed {args.seed})"
     torch.manual_seed(args.seed)
     trace = args.trace or cfg["flow"]["trace_eval"]
     result = evaluate_nll(model, data, args.batch_size or cfg["train"]["eval_batch_size"], trace,
                           probes=args.probes, device=device)
     result.update(checkpoint=str(Path(args.checkpoint)), data=str(Path(args.data)),
                   data_sha256=sha256_file(args.data), dataset=cfg["dataset"], model=cfg["model"]["name"],
-                  seed=args.seed, code_version=code_version(), device=str(device))
+                  seed=args.seed, subset=subset, code_version=code_version(), device=str(device))
     if args.boltzmann:  # Boltzmann-generator evaluation (enf/boltzmann.py)
         from enf.boltzmann import evaluate_for_cli
 

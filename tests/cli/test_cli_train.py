@@ -30,7 +30,14 @@ def test_train_evaluate_sample(dw4_dir: Path, tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["n"] == 32 and result["trace"] == "exact"
     assert result["nll"] == pytest.approx(metrics["test_nll"], abs=1e-4)  # same model, same exact estimator
-    assert result["nll_sem"] > 0
+    assert result["nll_sem"] > 0 and result["subset"] == "all 32"
+    # --n draws a seeded random subset (QM9's split is in size order, so its first N would be biased)
+    for seed in ("0", "0", "1"):
+        assert main(["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--data", str(dw4_dir / "test.npz"),
+                     "--out", str(tmp_path / f"eval{seed}.json"), "--n", "8", "--seed", seed]) == 0
+    subsets = {seed: json.loads((tmp_path / f"eval{seed}.json").read_text()) for seed in ("0", "1")}
+    assert subsets["0"]["n"] == 8 and subsets["0"]["subset"] == "8 of 32 drawn at random (seed 0)"
+    assert subsets["0"]["nll"] != subsets["1"]["nll"]  # another seed, another subset (exact trace: no noise)
     samples = tmp_path / "samples.npz"
     assert main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--n", "5", "--out", str(samples)]) == 0
     with np.load(samples) as data:

@@ -63,7 +63,7 @@ def test_table1_mean_std_paper_diff_and_not_run(tmp_path: Path) -> None:
     assert "not run (11.93)" in md
     assert "REDUCED unit-test budget" in md and "Configuration: unit" in md
     assert "2 epoch(s) instead of the protocol's 1000" in md
-    assert "first 40 test samples" in md
+    assert "40 test samples drawn at random" in md
     # every paper column is present: the ones this config does not run say so
     assert "LJ13 n=10000" in md and "not run (30.41)" in md
     tex = Path(f"{out}.tex").read_text()

@@ -206,7 +206,7 @@ def deviations(meta: dict[str, Any], protocol: dict[str, Any] | None) -> list[st
             out.append(f"{name}: only the first {n} samples of the {split} split")
         ev, pev = exp.get("evaluate") or {}, pexp.get("evaluate") or {}
         if ev.get("n") and ev.get("n") != pev.get("n"):
-            out.append(f"{name}: test NLL on the first {ev['n']} test samples instead of the whole test split")
+            out.append(f"{name}: test NLL on {ev['n']} test samples drawn at random instead of the whole test split")
         for key in ("trace", "probes"):
             if ev.get(key) is not None and pev.get(key) is not None and ev.get(key) != pev.get(key):
                 out.append(f"{name}: evaluation {key} {ev[key]} instead of {pev[key]}")
@@ -220,7 +220,7 @@ def deviations(meta: dict[str, Any], protocol: dict[str, Any] | None) -> list[st
                        f"{(ppre.get('sample') or {}).get('n', 10000)}")
         n_eval = (pre.get("evaluate") or {}).get("n")
         if n_eval:
-            out.append(f"released weights: test NLL on the first {n_eval} test molecules")
+            out.append(f"released weights: test NLL on {n_eval} test molecules drawn at random")
     models = meta.get("model_settings", {})
     p_models = protocol.get("models", {})
     for model, settings in models.items():
