@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from enf.checkpoints import load_model
     from enf.data.datasets import DATASETS, load_split
     from enf.errors import EnfError
-    from enf.evaluation import evaluate_nll
+    from enf.evaluation import batches, evaluate_nll
     from enf.io import sha256_file, write_json
     from enf.training import pick_device
     from enf.version import code_version
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     subset = f"all {total}"
     if args.n is not None and args.n < total:
         pick = torch.randperm(total, generator=torch.Generator().manual_seed(args.seed))[: args.n].sort().values
-        data = {k: v[pick] if torch.is_tensor(v) and v.shape[:1] == (total,) else v for k, v in data.items()}
+        data = batches(data, args.n, pick)[0]
         subset = f"{args.n} of {total} drawn at random (seed {args.seed})"
     torch.manual_seed(args.seed)
     trace = args.trace or cfg["flow"]["trace_eval"]

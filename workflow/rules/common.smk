@@ -172,8 +172,8 @@ def data_file(split):
 
 
 def test_file(wc):
-    """The test split an evaluation reads: the released weights are judged on the full QM9 test split (its first
-    `pretrained.evaluate.n` molecules), trained models on their configuration's (possibly cut) test split."""
+    """The test split an evaluation reads: the released weights are judged on the full QM9 test split (or
+    `pretrained.evaluate.n` molecules drawn from it at random by `enf evaluate --n`), trained models on their configuration's (possibly cut) test split."""
     if wc.model == PRETRAINED:
         return f"{OUT}/data_full/{wc.dataset}/test.npz"
     return f"{data_dir(wc.dataset)}/test.npz"
