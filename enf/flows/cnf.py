@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._functorch import config as functorch_config
 from torchdiffeq import odeint, odeint_adjoint
 
 from enf.errors import NumericalError
@@ -107,6 +108,9 @@ class AugmentedDynamics(nn.Module):
                 (e_jac,) = pullback(e)
                 return dxh, (e_jac * e).flatten(1).sum(1), e_jac.pow(2).flatten(1).sum(1)
 
+            # The adjoint differentiates each evaluation with retain_graph=True, which the compiled backward's
+            # donated buffers forbid; the setting is process-wide and read when the backward runs.
+            functorch_config.donated_buffer = False
             self._cache["fused"] = torch.compile(fused)
         return self._cache["fused"]
 
