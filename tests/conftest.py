@@ -10,6 +10,19 @@ import torch
 
 torch.set_num_threads(1)
 
+#: Modules that take minutes, longest first. scripts/run-tests.sh runs pytest-xdist without its reordering
+#: by test count (`--no-loadscope-reorder`), so these start at once on their own workers instead of last.
+LONGEST_FIRST = ("test_workflow_slurm.py", "test_workflow_e2e.py", "test_workflow_mlflow.py", "test_pretrained.py",
+                 "test_workflow_dryrun.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
+
 
 def write_particle_data(root: Path, n_particles: int, n_dim: int, sizes: dict[str, int], seed: int = 0) -> Path:
     """Gaussian blobs in the particle-data format (centre of mass removed): fast stand-ins for MCMC data."""

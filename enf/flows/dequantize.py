@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from enf.errors import EnfError
 from enf.geometry import node_mask_like
-from enf.networks.egnn import EGNN, edge_mask_from
+from enf.networks.egnn import EGNN, neighbour_mask, neighbours
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -60,9 +60,9 @@ class QNetwork(nn.Module):
     def forward(self, x: Tensor, h: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(mu, log_sigma), each (B, N, F), zero on padded atoms."""
         m = node_mask_like(x, mask)
-        edge_mask = edge_mask_from(m)
         b, n, _ = x.shape
-        no_attr = x.new_zeros(b, n, n, 0)
+        edge_mask = neighbour_mask(m, neighbours(n, x.device))
+        no_attr = x.new_zeros(b, n, n - 1, 0)
         out, _ = self.egnn(h * m, x * m, no_attr, m, edge_mask)
         return out[..., : self.n_features], out[..., self.n_features:]
 

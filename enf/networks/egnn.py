@@ -1,7 +1,9 @@
 """E(n)-equivariant graph network (EGNN) on dense, masked, fully connected graphs, and E-NF's dynamics.
 
 Shapes: B graphs, N nodes (padded), D spatial dimensions, H hidden features. Every pairwise quantity is a
-(B, N, N, .) tensor; there are no edge lists and no Python loops over edges.
+(B, N, N-1, .) tensor over each node's N-1 others (`neighbours`): the fully connected graph without its
+self-loops, which a dense (B, N, N, .) layout would compute and then mask (a quarter of DW4's edge work).
+There are no edge lists and no Python loops over edges.
 """
 
 from __future__ import annotations
@@ -16,11 +18,27 @@ from enf.networks.base import VECTOR_FIELDS, VectorField
 
 
 def edge_mask_from(node_mask: Tensor) -> Tensor:
-    """(B, N, N, 1) mask of edges between distinct real nodes."""
+    """(B, N, N, 1) mask of edges between distinct real nodes (the dense layout of the other networks)."""
     m = node_mask.reshape(node_mask.shape[0], -1)
     n = m.shape[1]
     eye = torch.eye(n, dtype=m.dtype, device=m.device)
     return (m[:, :, None] * m[:, None, :] * (1 - eye)).unsqueeze(-1)
+
+
+def neighbours(n: int, device: torch.device | None = None) -> Tensor:
+    """(N, N-1) indices: row i lists the nodes j != i, so that v[:, neighbours(N)] is (B, N, N-1, .) with v_j."""
+    i = torch.arange(n, device=device)
+    return (i[:, None] + torch.arange(1, n, device=device)) % n
+
+
+def neighbour_mask(node_mask: Tensor, idx: Tensor) -> Tensor:
+    """(B, N, N-1, 1) mask of the edges i -> idx[i, k] between real nodes; node_mask is (B, N, 1)."""
+    return node_mask[:, :, None, :] * node_mask[:, idx]
+
+
+def neighbour_diff(x: Tensor, idx: Tensor) -> Tensor:
+    """x_i - x_j over each node's neighbours: (B, N, N-1, D)."""
+    return x[:, :, None, :] - x[:, idx]
 
 
 class EquivariantLayer(nn.Module):
@@ -52,25 +70,25 @@ class EquivariantLayer(nn.Module):
         if attention:
             self.att_mlp = nn.Sequential(nn.Linear(hidden_nf, 1), nn.Sigmoid())
 
-    def messages(self, h: Tensor, radial: Tensor, edge_attr: Tensor, edge_mask: Tensor) -> Tensor:
-        """m_ij (B, N, N, H), zero on masked edges."""
+    def messages(self, h: Tensor, radial: Tensor, edge_attr: Tensor, edge_mask: Tensor, idx: Tensor) -> Tensor:
+        """m_ij (B, N, N-1, H) over each node's neighbours idx, zero on masked edges."""
         first = self.edge_mlp[0]
         hid = self.hidden_nf
         w = first.weight
         src = h @ w[:, :hid].T                     # (B, N, H): contribution of h_i
         dst = h @ w[:, hid:2 * hid].T              # (B, N, H): contribution of h_j
         pair = radial * w[:, 2 * hid] + edge_attr @ w[:, 2 * hid + 1:].T + first.bias
-        m = self.edge_mlp[1](src[:, :, None, :] + dst[:, None, :, :] + pair)
+        m = self.edge_mlp[1](src[:, :, None, :] + dst[:, idx] + pair)
         m = self.edge_mlp[3](self.edge_mlp[2](m))
         if self.attention:
             m = m * self.att_mlp(m)
         return m * edge_mask
 
-    def forward(self, h: Tensor, x: Tensor, edge_attr: Tensor, node_mask: Tensor,
-                edge_mask: Tensor) -> tuple[Tensor, Tensor]:
-        diff = x[:, :, None, :] - x[:, None, :, :]                  # (B, N, N, D): x_i - x_j
-        radial = (diff * diff).sum(-1, keepdim=True)                 # (B, N, N, 1)
-        m = self.messages(h, radial, edge_attr, edge_mask)
+    def forward(self, h: Tensor, x: Tensor, edge_attr: Tensor, node_mask: Tensor, edge_mask: Tensor,
+                idx: Tensor) -> tuple[Tensor, Tensor]:
+        diff = neighbour_diff(x, idx)                                # (B, N, N-1, D): x_i - x_j
+        radial = (diff * diff).sum(-1, keepdim=True)                 # (B, N, N-1, 1)
+        m = self.messages(h, radial, edge_attr, edge_mask, idx)
         if self.coord_mlp is not None:
             weight = self.coord_mlp(m)
             if self.tanh:
@@ -82,7 +100,10 @@ class EquivariantLayer(nn.Module):
 
 
 class EGNN(nn.Module):
-    """Input embedding, `n_layers` equivariant layers, output linear layer (the authors' EGNN structure)."""
+    """Input embedding, `n_layers` equivariant layers, output linear layer (the authors' EGNN structure).
+
+    Edge attributes and the edge mask come in the neighbour layout: (B, N, N-1, .) with `neighbours(N)`.
+    """
 
     def __init__(self, in_node_nf: int, hidden_nf: int, n_layers: int, attention: bool = True, tanh: bool = True,
                  coords_range: float = 15.0, out_node_nf: int | None = None, edge_attr_nf: int = 1) -> None:
@@ -99,8 +120,9 @@ class EGNN(nn.Module):
     def forward(self, h: Tensor, x: Tensor, edge_attr: Tensor, node_mask: Tensor,
                 edge_mask: Tensor) -> tuple[Tensor, Tensor]:
         h = self.embedding(h)
+        idx = neighbours(x.shape[1], x.device)
         for layer in self.layers:
-            h, x = layer(h, x, edge_attr, node_mask, edge_mask)
+            h, x = layer(h, x, edge_attr, node_mask, edge_mask, idx)
         return self.embedding_out(h) * node_mask, x
 
 
@@ -124,7 +146,8 @@ class EGNNDynamics(VectorField):
     def forward(self, t: Tensor, xh: Tensor, mask: Tensor | None = None) -> Tensor:
         b, n, _ = xh.shape
         node_mask = xh.new_ones(b, n, 1) if mask is None else mask.to(xh.dtype).reshape(b, n, 1)
-        edge_mask = edge_mask_from(node_mask)
+        idx = neighbours(n, xh.device)
+        edge_mask = neighbour_mask(node_mask, idx)
         xh = xh * node_mask
         x = xh[..., : self.n_dim]
         if self.n_features == 0:
@@ -133,7 +156,7 @@ class EGNNDynamics(VectorField):
             h = xh[..., self.n_dim:]
             if self.condition_time:
                 h = torch.cat([h, node_mask * t], dim=-1)
-        diff = x[:, :, None, :] - x[:, None, :, :]
+        diff = neighbour_diff(x, idx)
         edge_attr = (diff * diff).sum(-1, keepdim=True)
         h_out, x_out = self.egnn(h, x, edge_attr, node_mask, edge_mask)
         vel = remove_mean((x_out - x) * node_mask, node_mask)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from enf.geometry import random_orthogonal, remove_mean
-from enf.networks.egnn import EGNNDynamics
+from enf.networks.egnn import EGNNDynamics, edge_mask_from, neighbour_diff, neighbour_mask, neighbours
 
 torch.manual_seed(0)
 
@@ -79,3 +79,20 @@ def test_sizes_match_the_protocol() -> None:
     assert 21_000 < sum(p.numel() for p in dw4.parameters()) < 23_000   # "about 22k"
     # the released QM9 flow holds 176,479 numbers: 18 of them are ActNorm and integration times
     assert sum(p.numel() for p in qm9.parameters()) == 176_479 - 18
+
+
+def test_neighbour_layout_is_the_dense_graph_without_self_loops() -> None:
+    """Row i of `neighbours` lists every j != i once; masks and differences equal the dense ones off the diagonal."""
+    for n in (1, 2, 4, 13):
+        idx = neighbours(n)
+        assert idx.shape == (n, n - 1)
+        for i in range(n):
+            assert sorted(idx[i].tolist()) == [j for j in range(n) if j != i]
+    n = 5
+    idx = neighbours(n)
+    node_mask = torch.tensor([[1.0, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).unsqueeze(-1)
+    x = torch.randn(2, n, 3)
+    dense_mask, dense_diff = edge_mask_from(node_mask), x[:, :, None] - x[:, None]
+    rows = torch.arange(n)[:, None]
+    assert torch.equal(neighbour_mask(node_mask, idx), dense_mask[:, rows, idx])
+    assert torch.equal(neighbour_diff(x, idx), dense_diff[:, rows, idx])

@@ -34,6 +34,9 @@ CLUSTER = ROOT / "scripts" / "slurm-cluster.sh"
 PROFILE = ROOT / "profiles" / "slurm"
 RUN_LIMIT = 1200  # seconds: hard limit for one snakemake invocation through SLURM (about 6 min on 2 idle cores)
 KILLED = (-9, 137)  # the exit status of a run that `timeout -s KILL` stopped
+# The profile's first status check comes 10 s after a submission (kind to a real cluster's controller); each
+# check that finds nothing finished adds 10 s more. On this one-node test cluster, first look after 2 s.
+FAST_STATUS = ("--slurm-init-seconds-before-status-checks", "2")
 # Sessions of this test on one machine hold this file's lock shared while they use the cluster; the one that started
 # the cluster stops it only if it can then take the lock exclusively (no other session is using it).
 USERS = Path("/tmp/enf-slurm-test.users")
@@ -112,7 +115,8 @@ def slurm_smoke(slurm_partition: str, smoke_checks: SmokeChecks,
     start = time.perf_counter()
     try:
         # successful jobs' SLURM logs are kept, as the evidence that SLURM ran them
-        res = slurm_snakemake(workdir, slurm_partition, smoke_checks, "--jobs", "2", "--slurm-keep-successful-logs")
+        res = slurm_snakemake(workdir, slurm_partition, smoke_checks, "--jobs", "2", "--slurm-keep-successful-logs",
+                              *FAST_STATUS)
         out = res.stdout + res.stderr
         (workdir / "slurm_smoke_run.log").write_text(out)
         (workdir / "slurm_smoke_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
@@ -175,7 +179,8 @@ def test_cancelled_training_fails_then_resumes_from_its_checkpoint(slurm_smoke: 
                       'batch_size: 100}\n')
     run_dir = workdir / smoke_checks.out / "runs" / "dw4" / "enf" / "n100" / "seed0"
     target = str((run_dir / "metrics.json").relative_to(workdir))
-    args = ["--configfile", str(smoke_checks.config), str(longer), "--retries", "0", "--jobs", "1", "--", target]
+    args = ["--configfile", str(smoke_checks.config), str(longer), "--retries", "0", "--jobs", "1", *FAST_STATUS, "--",
+            target]
     state = run_dir / "state" / "last.pt"
     t0 = time.time()
     proc = slurm_snakemake(workdir, slurm_partition, smoke_checks, *args, popen=True)
