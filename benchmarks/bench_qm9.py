@@ -4,6 +4,12 @@ released weights, and molecules sampled per second. Prints a table and writes a 
 
 Both wall-clock and process CPU seconds are reported: on a shared machine the CPU time is the fairer figure.
 Run single-threaded for a per-core comparison:  OMP_NUM_THREADS=1 python benchmarks/bench_qm9.py --data DIR
+
+With --authors EN_FLOWS_CHECKOUT (a clone of vgsatorras/en_flows) the authors' own code evaluates the same test
+molecules with the same released weights in this process, timed in turns with enf (benchmarks/authors_qm9.py);
+without it, their time is the figure quoted in issue 11. --eval-subset picks the molecules: a seeded random draw
+from the test split (default; the same molecules as `enf evaluate --n N --seed S`) or its first N, which are
+small molecules because the split is stored in size order.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -23,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "resources" / "pretrained" / "en_flows_qm9"
 #: The authors' code on one core of this machine kind, per batch of 128 QM9 test molecules (one Gaussian
 #: Hutchinson probe, dopri5 1e-4, about 160 function evaluations per solve), as stated in issue 11 (measured
-#: with their repository, vgsatorras/en_flows); not re-measured by this script.
+#: with their repository, vgsatorras/en_flows); the fallback when --authors does not measure them here.
 AUTHORS_EVAL_SECONDS = (270.0, 500.0)
+EVAL_BATCH = 128
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -71,27 +79,93 @@ def bench_training(data_dir: Path, iterations: int, seed: int, adjoint: bool | N
     return rows
 
 
-def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool) -> list[dict[str, Any]]:
-    """The released model on the first 128 test molecules, the authors' estimator and tolerance."""
+def eval_molecules(test: dict[str, torch.Tensor], n: int, subset: str,
+                   seed: int) -> tuple[dict[str, torch.Tensor], str]:
+    """The evaluation benchmark's molecules: a seeded random draw of n (as `enf evaluate --n`) or the first n."""
+    from enf.errors import EnfError
+    from enf.evaluation import batches
+
+    total = test["positions"].shape[0]
+    if n > total:
+        raise EnfError(f"asked for {n} test molecules but the split holds {total}")
+    if subset == "first":
+        return batches(test, n)[0], f"the first {n} of {total} (small: the split is in size order)"
+    pick = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return batches(test, n, pick)[0], f"{n} of {total} drawn at random (seed {seed})"
+
+
+def in_turns(steps: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[Any, float, float]]:
+    """Each step's last result and median wall and CPU seconds, timed in turns (one of each per round, the order
+    rotating) so that a change in the machine's load hits every contender alike."""
+    labels = list(steps)
+    runs: dict[str, list[tuple[Any, float, float]]] = {k: [] for k in labels}
+    for r in range(max(rounds, 1)):
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            runs[label].append(timed(steps[label]))
+            print(f"  {label}: {runs[label][-1][1]:.1f} s wall, {runs[label][-1][2]:.1f} s CPU", file=sys.stderr,
+                  flush=True)
+    return {k: (v[-1][0], statistics.median(x[1] for x in v), statistics.median(x[2] for x in v))
+            for k, v in runs.items()}
+
+
+def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool, subset: str = "random", n: int = EVAL_BATCH,
+                     authors: Path | None = None, rounds: int = 1) -> list[dict[str, Any]]:
+    """The released model on n test molecules (batches of 128), the authors' estimator and tolerance; with
+    `authors` (a checkout of theirs) their own code evaluates the same molecules, timed in turns with enf's."""
     from enf.data.datasets import DATASETS, load_split
-    from enf.evaluation import evaluate_nll
+    from enf.evaluation import batches, evaluate_nll
     from enf.pretrained import load_en_flows
 
     model, _ = load_en_flows(RELEASE / "flow.pt", RELEASE / "dequantizer.pt", RELEASE / "args.json")
-    test = load_split(DATASETS.get("qm9"), data_dir / "test.npz", 128)
+    test, which = eval_molecules(load_split(DATASETS.get("qm9"), data_dir / "test.npz"), n, subset, seed)
+    grouped = model.group_size
+    steps: dict[str, Callable[[], tuple[float, float, float]]] = {}  # each returns NLL mean, its SE, NFE per solve
+    for group in ((grouped,) if grouped_only else (grouped, None)):
+        def enf_step(group: int | None = group) -> tuple[float, float, float]:
+            model.group_size = group
+            torch.manual_seed(seed)
+            res = evaluate_nll(model, test, EVAL_BATCH, "hutchinson")
+            return res["nll"], res["nll_sem"], res["nfe_per_solve"]
+
+        label = f"sorted by size, solved in groups of {group}" if group else "one padded solve per batch"
+        steps[f"enf evaluation, {n} test molecules ({label})"] = enf_step
+    authors_label = f"authors' code, {n} test molecules (one padded solve per batch; measured beside)"
+    if authors is not None:
+        from authors_qm9 import AuthorsCheckoutError, evaluation_step  # benchmarks/authors_qm9.py
+
+        if torch.get_num_threads() != 1:
+            print(f"warning: timing with {torch.get_num_threads()} threads; set OMP_NUM_THREADS=1 for a per-core "
+                  "comparison", file=sys.stderr)
+        try:
+            their_step = evaluation_step(authors, batches(test, EVAL_BATCH), seed)
+        except AuthorsCheckoutError as err:
+            raise SystemExit(f"--authors: {err}") from err
+
+        def authors_step() -> tuple[float, float, float]:
+            out = their_step()
+            nll = out["nll"]
+            sem = float(nll.std() / len(nll) ** 0.5) if len(nll) > 1 else float("nan")
+            return float(nll.mean()), sem, out["nfe_per_solve"]
+
+        steps[authors_label] = authors_step
     rows = []
-    for group in ((model.group_size,) if grouped_only else (model.group_size, None)):
-        model.group_size = group
-        torch.manual_seed(seed)
-        res, wall, cpu = timed(lambda: evaluate_nll(model, test, 128, "hutchinson"))
-        label = f"sorted by size, solved in groups of {group}" if group else "one padded solve"
-        rows.append({"measurement": f"enf evaluation, 128 test molecules ({label})", "value": wall,
-                     "unit": "s/batch of 128", "wall_s": wall, "cpu_s": cpu, "nfe": res["nfe_per_solve"],
-                     "notes": f"NLL {res['nll']:.2f} +- {res['nll_sem']:.2f}; Gaussian Hutchinson, dopri5 1e-4"})
-    lo, hi = AUTHORS_EVAL_SECONDS
-    rows.append({"measurement": "authors' code, 128 test molecules (quoted)", "value": lo, "unit": "s/batch of 128",
-                 "wall_s": None, "cpu_s": None, "nfe": 160,
-                 "notes": f"{lo:.0f} to {hi:.0f} s on one core (issue 11), same estimator and tolerance"})
+    for label, ((nll, sem, nfe), wall, cpu) in in_turns(steps, rounds).items():
+        theirs = label == authors_label
+        how = "their compute_loss_and_nll, regulariser integrated as in their test loop" if theirs else "enf"
+        rows.append({"measurement": label, "value": wall, "unit": f"s/{n} molecules", "wall_s": wall, "cpu_s": cpu,
+                     "nfe": nfe, "notes": f"NLL {nll:.2f} +- {sem:.2f}; {how}; Gaussian "
+                                          f"Hutchinson, dopri5 1e-4; batches of {EVAL_BATCH}; molecules: {which}; "
+                                          f"median of {max(rounds, 1)} round(s) in turns"})
+    if authors is not None:
+        their_cpu = next(row["cpu_s"] for row in rows if row["measurement"] == authors_label)
+        for row in rows:
+            if row["measurement"] != authors_label:
+                row["notes"] += f"; {their_cpu / row['cpu_s']:.2f}x the authors' speed (CPU s)"
+    else:
+        lo, hi = AUTHORS_EVAL_SECONDS
+        rows.append({"measurement": "authors' code, 128 test molecules (quoted)", "value": lo,
+                     "unit": "s/batch of 128", "wall_s": None, "cpu_s": None, "nfe": 160,
+                     "notes": f"{lo:.0f} to {hi:.0f} s on one core (issue 11), same estimator and tolerance"})
     return rows
 
 
@@ -115,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-n", type=int, default=128, help="molecules to sample")
     parser.add_argument("--skip", nargs="*", default=[], choices=("train", "eval", "sample"))
     parser.add_argument("--grouped-only", action="store_true", help="skip the ungrouped evaluation")
+    parser.add_argument("--eval-subset", choices=("random", "first"), default="random",
+                        help="evaluation molecules: a random draw from the test split (seeded by --seed) or its "
+                             "first ones (small molecules: the split is in size order)")
+    parser.add_argument("--eval-n", type=int, default=EVAL_BATCH, help="test molecules to evaluate (batches of 128)")
+    parser.add_argument("--eval-rounds", type=int, default=1, help="evaluation rounds timed in turns (median)")
+    parser.add_argument("--authors", type=Path, default=None, metavar="CHECKOUT",
+                        help="a checkout of vgsatorras/en_flows: time their evaluation of the same molecules beside "
+                             f"enf's (otherwise their time quoted in issue 11, {AUTHORS_EVAL_SECONDS[0]:.0f} s)")
     parser.add_argument("--adjoint", choices=("config", "on", "off"), default="config",
                         help="training gradients: the QM9 config's choice, adjoint, or direct back-propagation")
     parser.add_argument("--seed", type=int, default=0)
@@ -123,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     if "eval" not in args.skip:
-        rows += bench_evaluation(args.data, args.seed, args.grouped_only)
+        rows += bench_evaluation(args.data, args.seed, args.grouped_only, args.eval_subset, args.eval_n,
+                                 args.authors, args.eval_rounds)
     if "sample" not in args.skip:
         rows += bench_sampling(args.sample_n, args.seed)
     if "train" not in args.skip and args.iterations > 0:

@@ -46,6 +46,7 @@ class SmokeChecks:
         assert (workdir / self.out / "figures" / "table1_nll.png").is_file()
         table1 = (tables / "table1.md").read_text()
         assert "E-NF" in table1 and "Kernel dynamics" in table1
+        assert 'every model with settings {"model.hidden_nf": 16' in (tables / "table2.md").read_text()  # smoke.yaml
 
     def one_mlflow_run_per_training_job(self, workdir: Path) -> list[dict]:
         """One finished MLflow run per training job, each with its evaluation nested under it; returns them."""

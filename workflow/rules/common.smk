@@ -404,7 +404,7 @@ def table_meta(table):
     exps = {ds: {"n_train": [str(n) for n in exp["n_train"]], "budgets": exp.get("budgets", {}),
                  "subset": subset_of(ds), "data_args": data_args(ds),
                  "columns": exp["columns"],
-                 "evaluate": exp.get("evaluate", {}), "sample": exp.get("sample")}
+                 "evaluate": exp.get("evaluate", {}), "sample": exp.get("sample"), "set": exp.get("set", {})}
             for ds, exp in EXPERIMENTS.items() if exp["table"] == table}
     return {"table": table, "config_name": CONFIG_NAME, "config_files": CONFIG_FILES,
             "budget_note": config["budget_note"], "seeds": config["seeds"], "experiments": exps,

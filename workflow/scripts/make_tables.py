@@ -210,6 +210,9 @@ def deviations(meta: dict[str, Any], protocol: dict[str, Any] | None) -> list[st
         for key in ("trace", "probes"):
             if ev.get(key) is not None and pev.get(key) is not None and ev.get(key) != pev.get(key):
                 out.append(f"{name}: evaluation {key} {ev[key]} instead of {pev[key]}")
+        if (exp.get("set") or {}) != (pexp.get("set") or {}):
+            out.append(f"{name}: every model with settings {json.dumps(exp.get('set') or {}, sort_keys=True)} instead "
+                       f"of {json.dumps(pexp.get('set') or {}, sort_keys=True)}")
         smp, psmp = exp.get("sample") or {}, pexp.get("sample") or {}
         if smp.get("n") and psmp.get("n") and smp["n"] != psmp["n"]:
             out.append(f"{name}: sample metrics from {smp['n']} samples instead of {psmp['n']}")
