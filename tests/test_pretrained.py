@@ -111,7 +111,7 @@ def test_full_log_likelihood_with_exact_trace(model: torch.nn.Module, golden: di
     """End to end: dequantiser, ActNorm, ODE with the exact trace at rtol = atol = 1e-7, base density, p(M).
 
     Molecule 0 is solved alone (7 atoms, no padding) while the golden values come from a padded batch of
-    three: this also shows that a molecule's NLL does not depend on its batch. About 2 minutes on 1 core.
+    three: this also shows that a molecule's NLL does not depend on its batch. About 20 s on 1 core.
     """
     model.cnf.rtol = model.cnf.atol = 1e-7
     try:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from enf.flows.cnf import CNF, exact_trace
+from enf.flows.cnf import CNF, exact_divergence, exact_trace
 from enf.flows.particles import ParticleFlow
 from enf.geometry import random_orthogonal, remove_mean
 from enf.networks.base import VectorField
@@ -54,9 +54,12 @@ def test_exact_trace_matches_brute_force_jacobian() -> None:
     t = torch.tensor(0.4, dtype=torch.float64)
     out = field(t, x)
     tr = exact_trace(out, x, create_graph=False)
+    vel, tr_vmap = exact_divergence(lambda y: field(t, y), x.detach())  # the small-state path of evaluation
+    assert torch.allclose(vel, out) and not tr_vmap.requires_grad
     for b in range(3):
         jac = torch.autograd.functional.jacobian(lambda y: field(t, y[None])[0], x[b].detach())
         assert torch.allclose(tr[b], jac.reshape(18, 18).trace(), atol=1e-10)
+        assert torch.allclose(tr_vmap[b], jac.reshape(18, 18).trace(), atol=1e-10)
 
 
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
