@@ -61,9 +61,10 @@ class QNetwork(nn.Module):
         """(mu, log_sigma), each (B, N, F), zero on padded atoms."""
         m = node_mask_like(x, mask)
         b, n, _ = x.shape
-        edge_mask = neighbour_mask(m, neighbours(n, x.device))
+        idx = neighbours(n, x.device)
+        edge_mask = neighbour_mask(m, idx)
         no_attr = x.new_zeros(b, n, n - 1, 0)
-        out, _ = self.egnn(h * m, x * m, no_attr, m, edge_mask)
+        out, _ = self.egnn(h * m, x * m, no_attr, m, edge_mask, idx)
         return out[..., : self.n_features], out[..., self.n_features:]
 
 

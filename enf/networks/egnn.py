@@ -117,10 +117,10 @@ class EGNN(nn.Module):
             for _ in range(n_layers)
         )
 
-    def forward(self, h: Tensor, x: Tensor, edge_attr: Tensor, node_mask: Tensor,
-                edge_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, x: Tensor, edge_attr: Tensor, node_mask: Tensor, edge_mask: Tensor,
+                idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h = self.embedding(h)
-        idx = neighbours(x.shape[1], x.device)
+        idx = neighbours(x.shape[1], x.device) if idx is None else idx
         for layer in self.layers:
             h, x = layer(h, x, edge_attr, node_mask, edge_mask, idx)
         return self.embedding_out(h) * node_mask, x
@@ -158,7 +158,7 @@ class EGNNDynamics(VectorField):
                 h = torch.cat([h, node_mask * t], dim=-1)
         diff = neighbour_diff(x, idx)
         edge_attr = (diff * diff).sum(-1, keepdim=True)
-        h_out, x_out = self.egnn(h, x, edge_attr, node_mask, edge_mask)
+        h_out, x_out = self.egnn(h, x, edge_attr, node_mask, edge_mask, idx)
         vel = remove_mean((x_out - x) * node_mask, node_mask)
         if self.n_features == 0:
             return vel
