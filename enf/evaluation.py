@@ -26,11 +26,14 @@ def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tenso
 
 
 def evaluate_nll(model: nn.Module, data: dict[str, Tensor], batch_size: int, trace: str,
-                 probes: int = 1, device: torch.device | str = "cpu", progress: Any = None) -> dict[str, Any]:
+                 probes: int = 1, device: torch.device | str = "cpu", progress: Any = None,
+                 keep_samples: bool = False) -> dict[str, Any]:
     """Mean NLL over `data`, its standard error, the count and the mean function evaluations per solve.
 
     With Hutchinson's trace, `probes` > 1 averages the log-likelihood over that many probes per sample
-    (each a separate solve), which cuts the estimator's noise; the exact trace ignores `probes`.
+    (each a separate solve), which cuts the estimator's noise, and reports that noise: `probe_noise_sd`, the
+    standard deviation of one probe's NLL around the sample's mean over probes (pooled over samples). The exact
+    trace ignores `probes`. `keep_samples` adds `samples`, every sample's NLL per probe (n x probes, float64).
     """
     device = torch.device(device)
     model.eval()
@@ -46,16 +49,16 @@ def evaluate_nll(model: nn.Module, data: dict[str, Tensor], batch_size: int, tra
                 out = model.nll(batch, trace=trace)
                 values.append(out["nll"].double())
                 nfes.append(model.cnf.last_nfe)
-            nll = torch.stack(values).mean(0)
-            per_sample.append(nll.cpu())
+            per_sample.append(torch.stack(values, 1).cpu())
             if progress is not None:
-                progress.update(nll.shape[0])
-    nll = torch.cat(per_sample)
+                progress.update(values[0].shape[0])
+    per_probe = torch.cat(per_sample)
+    nll = per_probe.mean(1)
     n_bad = int((~torch.isfinite(nll)).sum())
     if n_bad:
         raise NumericalError(f"{n_bad} of {nll.numel()} samples got a non-finite NLL")
     n = nll.numel()
-    return {
+    result: dict[str, Any] = {
         "nll": float(nll.mean()),
         "nll_sem": float(nll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"),
         "n": n,
@@ -64,3 +67,8 @@ def evaluate_nll(model: nn.Module, data: dict[str, Tensor], batch_size: int, tra
         "nfe_per_solve": float(sum(nfes) / len(nfes)),
         "seconds": time.perf_counter() - start,
     }
+    if n_probes > 1:
+        result["probe_noise_sd"] = float(per_probe.var(1, unbiased=True).mean().sqrt())
+    if keep_samples:
+        result["samples"] = per_probe
+    return result

@@ -21,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="evaluate N samples drawn at random (seeded by --seed) from the file; not the first N, "
                         "because QM9's split is in index order, small molecules first")
     p.add_argument("--seed", type=int, default=0, help="seed of the Hutchinson probes")
+    p.add_argument("--per-sample", default=None, metavar="FILE.npz",
+                   help="also save every sample's NLL per probe ('nll', n x probes) and its row in --data "
+                        "('index'), for paired comparisons of estimators on the same samples")
     add_device(p)
     # -- Boltzmann-generator evaluation (enf/boltzmann.py) --
     p.add_argument("--boltzmann", type=int, default=0, metavar="N",
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from enf.data.datasets import DATASETS, load_split
     from enf.errors import EnfError
     from enf.evaluation import batches, evaluate_nll
-    from enf.io import sha256_file, write_json
+    from enf.io import save_npz, sha256_file, write_json
     from enf.training import pick_device
     from enf.version import code_version
 
@@ -52,14 +55,18 @@ def run(args: argparse.Namespace) -> int:
     if args.n is not None and args.n > total:
         raise EnfError(f"{args.data}: asked for {args.n} samples but the file holds {total}")
     subset = f"all {total}"
+    rows = torch.arange(total)
     if args.n is not None and args.n < total:
         pick = torch.randperm(total, generator=torch.Generator().manual_seed(args.seed))[: args.n].sort().values
-        data = batches(data, args.n, pick)[0]
+        data, rows = batches(data, args.n, pick)[0], pick
         subset = f"{args.n} of {total} drawn at random (seed {args.seed})"
     torch.manual_seed(args.seed)
     trace = args.trace or cfg["flow"]["trace_eval"]
     result = evaluate_nll(model, data, args.batch_size or cfg["train"]["eval_batch_size"], trace,
-                          probes=args.probes, device=device)
+                          probes=args.probes, device=device, keep_samples=args.per_sample is not None)
+    if args.per_sample is not None:
+        save_npz(args.per_sample, nll=result.pop("samples").numpy(), index=rows.numpy())
+        result["per_sample"] = str(Path(args.per_sample))
     result.update(checkpoint=str(Path(args.checkpoint)), data=str(Path(args.data)),
                   data_sha256=sha256_file(args.data), dataset=cfg["dataset"], model=cfg["model"]["name"],
                   seed=args.seed, subset=subset, code_version=code_version(), device=str(device))

@@ -38,6 +38,25 @@ def test_train_evaluate_sample(dw4_dir: Path, tmp_path: Path) -> None:
     subsets = {seed: json.loads((tmp_path / f"eval{seed}.json").read_text()) for seed in ("0", "1")}
     assert subsets["0"]["n"] == 8 and subsets["0"]["subset"] == "8 of 32 drawn at random (seed 0)"
     assert subsets["0"]["nll"] != subsets["1"]["nll"]  # another seed, another subset (exact trace: no noise)
+    # --per-sample keeps every sample's NLL per probe and its row in the file, for paired estimator comparisons
+    rows = tmp_path / "rows.npz"
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--data", str(dw4_dir / "test.npz"),
+                 "--out", str(tmp_path / "probes.json"), "--n", "8", "--trace", "hutchinson", "--probes", "3",
+                 "--per-sample", str(rows)]) == 0
+    probed = json.loads((tmp_path / "probes.json").read_text())
+    with np.load(rows) as kept:
+        nll, index = kept["nll"], kept["index"]
+    assert nll.shape == (8, 3) and probed["probes"] == 3 and probed["per_sample"] == str(rows)
+    assert nll.mean() == pytest.approx(probed["nll"], rel=1e-12)
+    assert probed["probe_noise_sd"] > 0
+    assert probed["probe_noise_sd"] == pytest.approx(np.sqrt(nll.var(1, ddof=1).mean()), rel=1e-9)
+    assert abs(nll.mean(1) - nll.mean()).max() > 0 and len(set(index.tolist())) == 8
+    with np.load(dw4_dir / "test.npz") as test:  # the rows named are the rows evaluated: same exact NLL
+        picked = test["positions"][np.sort(index)]
+    np.savez(tmp_path / "picked.npz", positions=picked, energy=np.zeros(8))
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--data", str(tmp_path / "picked.npz"),
+                 "--out", str(tmp_path / "picked.json")]) == 0
+    assert json.loads((tmp_path / "picked.json").read_text())["nll"] == pytest.approx(subsets["0"]["nll"], rel=1e-9)
     samples = tmp_path / "samples.npz"
     assert main(["sample", "--checkpoint", str(run / "checkpoint.pt"), "--n", "5", "--out", str(samples)]) == 0
     with np.load(samples) as data:
