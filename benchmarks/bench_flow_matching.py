@@ -18,7 +18,7 @@ the selected ones (a cost ratio robust to the machine's load, which the sequenti
 Usage:
   python benchmarks/bench_flow_matching.py --data DATA_DIR [--dataset dw4] [--n-train 1000]
       [--ml-iterations 300] [--fm-iterations 3000] [--ml-eval-every 50] [--fm-eval-every 250]
-      [--pairing equivariant_ot] [--sigma 0.0] [--fm-lr LR] [--interleave 20] [--out benchmarks/results]
+      [--pairing equivariant_ot] [--sigma 0.0] [--fm-lr LR] [--ml-lr LR] [--interleave 20] [--out benchmarks/results]
 Writes OUT/flow_matching.csv (one row per method, appended with a timestamp) and
 OUT/flow_matching_trajectory_<dataset>.csv (validation NLL against training time), and prints a table.
 """
@@ -182,6 +182,7 @@ def main() -> None:
     p.add_argument("--pairing", default=None, help="flow_matching.pairing (default: the config's)")
     p.add_argument("--sigma", type=float, default=None, help="flow_matching.sigma (default: the config's)")
     p.add_argument("--fm-lr", type=float, default=None, help="FM learning rate (default: the config's, as ML)")
+    p.add_argument("--ml-lr", type=float, default=None, help="ML learning rate (default: the config's)")
     p.add_argument("--n-valid", type=int, default=None, help="validate on the first N validation samples")
     p.add_argument("--target", type=float, default=None, help="NLL to reach (default: the paper's E-NF value)")
     p.add_argument("--interleave", type=int, default=0,
@@ -207,7 +208,7 @@ def main() -> None:
             "valid": load_split(spec, split_path(args.data, "valid"), args.n_valid),
             "test": load_split(spec, split_path(args.data, "test"))}
     target = args.target if args.target is not None else PAPER_ENF[args.dataset]
-    lr = float(cfg_ml["train"]["lr"])
+    lr = args.ml_lr if args.ml_lr is not None else float(cfg_ml["train"]["lr"])
     fm_lr = args.fm_lr if args.fm_lr is not None else lr
     seed_everything(args.seed)
     init = build_model(cfg_ml).state_dict()
