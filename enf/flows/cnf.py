@@ -25,9 +25,9 @@ NOISES = ("rademacher", "gaussian")
 #: The compiled exact trace holds every Jacobian row's intermediates at once; above this many coordinates
 #: per sample (e.g. QM9's 29 x 9) the loop of backward passes is used instead.
 EXACT_FUSED_MAX_DIM = 64
-#: Eager graph-less exact traces of states up to this many elements (e.g. one QM9 molecule: 63) take all Jacobian
-#: rows from one vmap-ed backward pass: 2.4x faster there; on larger batches it is slower than the loop (DW4 at
-#: 1000 samples 1.3x, LJ13 at 100 2x), which is then used.
+#: Eager graph-less exact traces of states up to this many elements (one QM9 molecule: 9 per atom, <= 261) take
+#: all Jacobian rows from one vmap-ed backward pass: 2.4x faster there; on larger batches it is slower than the
+#: loop (DW4 at 1000 samples 1.3x, LJ13 at 100 2x), which is then used.
 EXACT_VMAP_MAX_ELEMENTS = 1024
 
 
