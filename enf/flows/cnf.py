@@ -71,9 +71,11 @@ class AugmentedDynamics(nn.Module):
         self.nfe += 1
         keep_graph = torch.is_grad_enabled()
         if self.compile and not self.field.closed_form_divergence:
-            if keep_graph and self.trace == "hutchinson":
-                dxh, div, frob = self._fused()(t, xh, self.noise, self.mask)
+            if self.trace == "hutchinson":  # with a graph (training) or without (evaluation, adjoint's forward)
+                dxh, div, frob = self._fused()(t, xh if keep_graph else xh.detach(), self.noise, self.mask)
                 reg = dxh.pow(2).flatten(1).sum(1) + frob if self.regularize else torch.zeros_like(div)
+                if not keep_graph:
+                    dxh, div, reg = dxh.detach(), div.detach(), reg.detach()
                 return dxh, div, reg
             if not keep_graph and self.trace == "exact" and xh[0].numel() <= EXACT_FUSED_MAX_DIM:
                 dxh, div = self._fused_exact()(t, xh, self.mask)

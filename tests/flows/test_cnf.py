@@ -208,7 +208,7 @@ def test_decode_with_logdet_matches_the_encoding_log_det() -> None:
 @pytest.mark.slow
 def test_compiled_paths_match_eager() -> None:
     """flow.compile: the fused Hutchinson training evaluation (loss and gradients, by direct back-propagation and
-    by the adjoint) and the fused exact trace of evaluation give what the eager code gives."""
+    by the adjoint) and the fused exact and Hutchinson traces of evaluation give what the eager code gives."""
     x = remove_mean(torch.randn(6, 4, 2))
     results = []
     for compile in (False, True):
@@ -225,6 +225,8 @@ def test_compiled_paths_match_eager() -> None:
             out += [log_det.detach(), torch.cat([p.grad.flatten() for p in field.parameters() if p.grad is not None])]
         with torch.no_grad():
             _, exact, _ = cnf(x, trace="exact")
-        results.append((*out, exact))
+            torch.manual_seed(2)
+            _, hutchinson, _ = cnf(x, trace="hutchinson")
+        results.append((*out, exact, hutchinson))
     for eager, compiled in zip(*results):
         assert torch.allclose(eager, compiled, rtol=1e-3, atol=1e-4)

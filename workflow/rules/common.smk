@@ -13,6 +13,8 @@ from snakemake.exceptions import WorkflowError
 # -- locations and commands ---------------------------------------------------------------------------------
 
 OUT = config["outdir"].rstrip("/")
+# torch.compile's kernels, shared by every job of this outdir: only the first job of a kind pays the compile.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(OUT, ".cache", "torchinductor").resolve()))
 LOGS = f"{OUT}/logs"
 BASEDIR = Path(workflow.basedir)
 SCRIPTS = BASEDIR / "workflow" / "scripts"

@@ -46,6 +46,12 @@ TITLES = {
 DATASET_NAMES = {"dw4": "DW4", "lj13": "LJ13", "qm9": "QM9", "qm9_positional": "QM9-positional"}
 PAPER_ALIASES = {"released": "E-NF"}  # the released weights are the paper's E-NF model
 NOT_RUN = "not run"
+# The physical floor of a test NLL: the entropy H = <E> + log Z of the target density on the zero-centre-of-mass
+# subspace (nats). No model's expected test NLL can lie below it; a value below it beyond its error is a bug.
+# DW4: log Z = 29.67 by numerical integration over the 6 free coordinates; LJ13 (the paper's energy, ordered
+# pairs): log Z = 59.84 by annealed importance sampling and <E> = -43.06 from long MCMC (docs/protocol.md).
+FLOORS = {"dw4": 7.13, "lj13": 16.8}
+FLOOR_METHOD = "Physical floor (entropy of the target)"
 
 
 # -- reading results ----------------------------------------------------------------------------------------
@@ -151,6 +157,18 @@ def add_paper_cells(agg: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.Da
     return pd.concat([agg, pd.DataFrame(extra)], ignore_index=True)
 
 
+def add_floors(agg: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Table 1: a row with the physical floor of the NLL under every column of a data set that has one."""
+    if table != "table1":
+        return agg
+    extra = [{"dataset": ds, "model": "", "method": FLOOR_METHOD, "kind": "floor", "n_train": n, "n_used": "",
+              "metric": "nll", "mean": FLOORS[ds], "std": math.nan, "n_seeds": 0, "seeds": "",
+              "test_sem_mean": math.nan, "trace": None, "probes": None, "n_eval": None, "status": "floor",
+              "paper": math.nan, "diff": math.nan}
+             for ds, n in dict.fromkeys(zip(agg["dataset"], agg["n_train"])) if ds in FLOORS]
+    return pd.concat([agg, pd.DataFrame(extra)], ignore_index=True) if extra else agg
+
+
 def order(agg: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.DataFrame:
     """Rows by data set, training size (numeric) and method: the paper's methods in its order, then extra
     methods (released weights, new rows) in the order of the config, then the "Data" row."""
@@ -164,12 +182,23 @@ def order(agg: pd.DataFrame, paper: pd.DataFrame, table: str) -> pd.DataFrame:
     key = pd.DataFrame({
         "ds": agg["dataset"].map(lambda d: ds_rank.get(d, 99)),
         "n": agg["n_train"].map(lambda n: int(n) if str(n).isdigit() else 10**12),
-        "m": [10_000 if (k == "data" or m == "Data") else method_rank[m] for k, m in zip(kinds, agg["method"])]},
+        "m": [20_000 if k == "floor" else 10_000 if (k == "data" or m == "Data") else method_rank[m]
+              for k, m in zip(kinds, agg["method"])]},
         index=agg.index)
     return agg.loc[key.sort_values(["ds", "n", "m"], kind="stable").index].reset_index(drop=True)
 
 
 # -- what the configuration changes relative to the protocol -------------------------------------------------
+
+# How a run is executed, not what it computes (the same model and gradients, to the solver's tolerance): never a
+# deviation from the protocol.
+EXECUTION_KEYS = ("flow.compile", "flow.adjoint")
+
+
+def model_settings(sets: dict[str, Any] | None) -> dict[str, Any]:
+    """An experiment's `set` without the execution-only keys."""
+    return {k: v for k, v in (sets or {}).items() if k not in EXECUTION_KEYS}
+
 
 def deviations(meta: dict[str, Any], protocol: dict[str, Any] | None) -> list[str]:
     """Sentences naming every way this configuration departs from the protocol configuration."""
@@ -210,9 +239,10 @@ def deviations(meta: dict[str, Any], protocol: dict[str, Any] | None) -> list[st
         for key in ("trace", "probes"):
             if ev.get(key) is not None and pev.get(key) is not None and ev.get(key) != pev.get(key):
                 out.append(f"{name}: evaluation {key} {ev[key]} instead of {pev[key]}")
-        if (exp.get("set") or {}) != (pexp.get("set") or {}):
-            out.append(f"{name}: every model with settings {json.dumps(exp.get('set') or {}, sort_keys=True)} instead "
-                       f"of {json.dumps(pexp.get('set') or {}, sort_keys=True)}")
+        mine, theirs = model_settings(exp.get("set")), model_settings(pexp.get("set"))
+        if mine != theirs:
+            out.append(f"{name}: every model with settings {json.dumps(mine, sort_keys=True)} instead "
+                       f"of {json.dumps(theirs, sort_keys=True)}")
         smp, psmp = exp.get("sample") or {}, pexp.get("sample") or {}
         if smp.get("n") and psmp.get("n") and smp["n"] != psmp["n"]:
             out.append(f"{name}: sample metrics from {smp['n']} samples instead of {psmp['n']}")
@@ -241,7 +271,9 @@ def fmt(value: float, decimals: int) -> str:
 
 
 def cell_text(row: pd.Series | None, decimals: int, tex: bool = False) -> str:
-    """'mean ± sd (paper; diff)' for one cell; 'not run' when nothing was measured."""
+    """'mean ± sd (paper; diff)' for one cell; 'not run' when nothing was measured; a floor as its value."""
+    if row is not None and row["status"] == "floor":
+        return fmt(row["mean"], decimals)
     if row is None or row["status"] != "measured":
         paper = "" if row is None or math.isnan(row["paper"]) else f" ({fmt(row['paper'], decimals)})"
         return NOT_RUN + paper
@@ -294,6 +326,9 @@ def footer(meta: dict[str, Any], agg: pd.DataFrame, devs: list[str], code_versio
                  + "; in brackets the paper's value and ours − paper; 'not run (x)': no measurement here, "
                    "x the paper's.")
     nll = agg[(agg["metric"] == "nll") & (agg["status"] == "measured")]
+    if (agg["status"] == "floor").any():
+        lines.append(f"{FLOOR_METHOD}: the lowest expected test NLL any model can reach, H = <E> + log Z of the "
+                     "target density on the zero-centre-of-mass subspace; a number below it is a bug.")
     est = []
     for ds in dict.fromkeys(nll["dataset"]):
         sub = nll[nll["dataset"] == ds]
@@ -355,7 +390,7 @@ def make_table(manifest: list[dict[str, Any]], meta: dict[str, Any], paper_csv: 
     long = collect(manifest, table)
     paper = pd.read_csv(paper_csv, dtype={"n_train": str})
     agg = attach_paper(aggregate(long), paper, table)
-    agg = order(add_paper_cells(agg, paper, table), paper, table)
+    agg = order(add_floors(add_paper_cells(agg, paper, table), table), paper, table)
     agg.insert(0, "table", table)
     agg["config_name"] = meta["config_name"]
     agg["budget"] = meta["budget_note"]

@@ -1,0 +1,191 @@
+"""Copy finished Table 1 cells out of a workflow's results into a small tracked folder of evidence.
+
+For every evaluated run under RESULTS (`eval/<set>/<model>/n<N>/seed<S>/test.json` beside its run directory) this
+copies the resolved `config.yaml`, `metrics.json`, the evaluation JSON (`test.json`), `history.csv`,
+`training_curves.png` and, for the models named by --checkpoints, the selected `checkpoint.pt`, into
+OUT/<set>/<model>/n<N>/seed<S>/; writes OUT/cells.csv (one row per run, with CPU seconds from Snakemake's
+benchmark files) and renders OUT/table1.{md,csv,tex} from cells.csv with the workflow's table code, the paper's
+values, the physical floors and "not run" for every cell without a run. Cells already in OUT are kept (their
+files are never rewritten unless the run's checksum changed), so collecting after every finished job is cheap.
+
+  python workflow/scripts/collect_cells.py --results RESULTS --config config/config.yaml \
+      --out reproduction/paper_protocol [--checkpoints enf] [--label NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_tables  # noqa: E402
+
+RUN_FILES = ("config.yaml", "metrics.json", "history.csv", "training_curves.png")
+COLUMNS = ("dataset", "model", "n_train", "seed", "test_nll", "test_nll_sem", "test_trace", "best_epoch",
+           "epochs", "config_hash", "code_version", "train_cpu_seconds", "eval_cpu_seconds", "wall_seconds",
+           "mean_nfe", "machine")
+TABLE1_SETS = ("dw4", "lj13")
+
+
+def machine() -> str:
+    """Cores, CPU model and torch version of this machine, in one short line."""
+    model = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        import torch
+
+        version = torch.__version__
+    except ImportError:
+        version = "unknown"
+    return f"{os.cpu_count()} cores, {model}, torch {version}"
+
+
+def benchmark(path: Path) -> dict[str, float]:
+    """Snakemake's benchmark row of a job (wall seconds `s`, `cpu_time`), or {} when absent."""
+    if not path.is_file():
+        return {}
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if not rows:
+        return {}
+    out = {}
+    for key in ("s", "cpu_time"):
+        try:
+            out[key] = float(rows[-1][key])
+        except (KeyError, ValueError):
+            pass
+    return out
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def finished_cells(results: Path) -> list[tuple[str, str, str, str]]:
+    """(set, model, n, seed) of every Table 1 run that has both its run directory and its evaluation."""
+    found = []
+    for test in sorted(results.glob("eval/*/*/n*/seed*/test.json")):
+        ds, model, n, seed = test.parts[-5:-1]
+        run = results / "runs" / ds / model / n / seed
+        if ds in TABLE1_SETS and all((run / f).is_file() for f in RUN_FILES):
+            found.append((ds, model, n.removeprefix("n"), seed.removeprefix("seed")))
+    return found
+
+
+def copy_cell(results: Path, out: Path, cell: tuple[str, str, str, str], checkpoints: set[str]) -> Path:
+    """Copy one run's small files into OUT/<set>/<model>/n<N>/seed<S>/ (unchanged files are left alone)."""
+    ds, model, n, seed = cell
+    rel = Path(ds) / model / f"n{n}" / f"seed{seed}"
+    run, target = results / "runs" / rel, out / rel
+    target.mkdir(parents=True, exist_ok=True)
+    files = [(run / f, target / f) for f in RUN_FILES] + [(results / "eval" / rel / "test.json", target / "test.json")]
+    if model in checkpoints:
+        files.append((run / "checkpoint.pt", target / "checkpoint.pt"))
+    for src, dst in files:
+        if not dst.is_file() or sha256(src) != sha256(dst):
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+    return target
+
+
+def cell_row(results: Path, target: Path, cell: tuple[str, str, str, str], where: str) -> dict[str, Any]:
+    """One cells.csv row from the copied files and the jobs' benchmark rows."""
+    ds, model, n, seed = cell
+    metrics = json.loads((target / "metrics.json").read_text())
+    ev = json.loads((target / "test.json").read_text())
+    rel = Path(ds) / model / f"n{n}" / f"seed{seed}"
+    train, evaluate = (benchmark(results / "benchmarks" / kind / f"{rel}.tsv") for kind in ("train", "evaluate"))
+    return {"dataset": ds, "model": model, "n_train": int(n), "seed": int(seed), "test_nll": ev["nll"],
+            "test_nll_sem": ev["nll_sem"], "test_trace": ev["trace"], "best_epoch": metrics["best_epoch"],
+            "epochs": metrics["epochs"], "config_hash": metrics["config_hash"],
+            "code_version": metrics["code_version"], "train_cpu_seconds": train.get("cpu_time"),
+            "eval_cpu_seconds": evaluate.get("cpu_time"),
+            "wall_seconds": (train.get("s", 0.0) + evaluate.get("s", 0.0)) or None,
+            "mean_nfe": metrics["mean_nfe"], "machine": where}
+
+
+def write_cells(out: Path, rows: list[dict[str, Any]]) -> None:
+    """cells.csv, merged with the rows already there (a row per (set, model, n, seed), sorted)."""
+    path = out / "cells.csv"
+    merged: dict[tuple, dict[str, Any]] = {}
+    if path.is_file():
+        with open(path) as handle:
+            for row in csv.DictReader(handle):
+                merged[(row["dataset"], row["model"], int(row["n_train"]), int(row["seed"]))] = row
+    for row in rows:
+        key = (row["dataset"], row["model"], row["n_train"], row["seed"])
+        if key in merged and merged[key].get("machine") and merged[key]["code_version"] == row["code_version"]:
+            row["machine"] = merged[key]["machine"]  # keep the machine of the session that collected it first
+        merged[key] = row
+    tmp = path.with_name(".cells.csv.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for key in sorted(merged):
+            writer.writerow({k: merged[key].get(k) for k in COLUMNS})
+    os.replace(tmp, path)
+
+
+def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv: Path, label: str) -> None:
+    """table1.{md,csv,tex} from cells.csv with the workflow's table code (paper values, floors, "not run")."""
+    with open(out / "cells.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = {m: (config["models"].get(m) or {}).get("label", m) for m in config["models"]}
+    manifest = [{"dataset": r["dataset"], "model": r["model"], "label": labels.get(r["model"], r["model"]),
+                 "n_train": r["n_train"], "column": r["n_train"], "seed": int(r["seed"]),
+                 "evaluation": str(out / r["dataset"] / r["model"] / f"n{r['n_train']}" / f"seed{r['seed']}"
+                                   / "test.json"),
+                 "run": str(out / r["dataset"] / r["model"] / f"n{r['n_train']}" / f"seed{r['seed']}"
+                            / "metrics.json"),
+                 "kind": "trained"} for r in rows]
+    exps = {ds: {"n_train": [str(n) for n in exp["n_train"]], "budgets": exp.get("budgets", {}),
+                 "subset": None, "data_args": "", "columns": {str(n): str(n) for n in exp["n_train"]},
+                 "evaluate": exp.get("evaluate", {}), "sample": exp.get("sample"), "set": exp.get("set", {})}
+            for ds, exp in config["experiments"].items() if exp.get("table") == "table1"}
+    meta = {"table": "table1", "config_name": label, "config_files": [config_file],
+            "budget_note": config.get("budget_note"), "seeds": config["seeds"], "experiments": exps,
+            "pretrained": None, "models": labels, "model_settings": {}}
+    make_tables.make_table(manifest, meta, paper_csv, config, out / "table1.csv", out / "table1.md",
+                           out / "table1.tex")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", required=True, type=Path, help="the workflow's outdir (e.g. results)")
+    parser.add_argument("--config", required=True, type=Path, help="the configuration the runs were made with")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--checkpoints", nargs="*", default=["enf"], help="models whose checkpoint.pt is kept")
+    parser.add_argument("--paper", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "resources" / "paper_tables.csv")
+    parser.add_argument("--label", default=None, help="configuration name in the table footer")
+    args = parser.parse_args(argv)
+    config = yaml.safe_load(args.config.read_text())
+    cells = finished_cells(args.results)
+    where = machine()
+    rows = [cell_row(args.results, copy_cell(args.results, args.out, c, set(args.checkpoints)), c, where)
+            for c in cells]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_cells(args.out, rows)
+    render_table(args.out, config, str(args.config), args.paper, args.label or config.get("name", "paper"))
+    print(f"{len(rows)} cell run(s) collected into {args.out}; table in {args.out / 'table1.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
