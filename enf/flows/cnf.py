@@ -58,7 +58,7 @@ class AugmentedDynamics(nn.Module):
     def __init__(self, field: VectorField, compile: bool = False) -> None:
         super().__init__()
         self.field = field
-        self.compile = compile
+        self.compile = compile and field.compilable
         self._cache: dict[str, Any] = {}  # shared by every bound view, so the field compiles once
         self.mask: Tensor | None = None
         self.noise: Tensor | None = None

@@ -18,11 +18,14 @@ class VectorField(nn.Module):
     The returned velocity has the state's shape, zero mean over the real nodes in its position part,
     and zeros on padded nodes. A field whose divergence has a closed form sets
     `closed_form_divergence = True` and implements `divergence` (B,), so that no trace estimator is needed.
+    A field that differentiates inside its forward pass (a gradient field) sets `compilable = False`: the
+    compiled trace (torch.func.vjp of the field) cannot run it, and `flow.compile` leaves it eager.
     """
 
     n_dim: int
     n_features: int = 0
     closed_form_divergence: bool = False
+    compilable: bool = True
 
     def forward(self, t: Tensor, xh: Tensor, mask: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError

@@ -45,6 +45,8 @@ class SimpleDynamics(VectorField):
     RBFs (fixed centres and widths) get 1e-6 added each before normalising; the MLP has tanh between layers.
     """
 
+    compilable = False  # its velocity is an autograd gradient of the potential
+
     def __init__(self, n_dim: int, n_rbf: int = 50, rbf_max: float = 8.0, rbf_width: float = 0.5,
                  mlp_hidden: tuple[int, ...] = (64, 32)) -> None:
         super().__init__()
