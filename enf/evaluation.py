@@ -33,14 +33,16 @@ def evaluate_nll(model: nn.Module, data: dict[str, Tensor], batch_size: int, tra
     With Hutchinson's trace, `probes` > 1 averages the log-likelihood over that many probes per sample
     (each a separate solve), which cuts the estimator's noise, and reports that noise: `probe_noise_sd`, the
     standard deviation of one probe's NLL around the sample's mean over probes (pooled over samples). The exact
-    trace ignores `probes`. `keep_samples` adds `samples`, every sample's NLL per probe (n x probes, float64).
+    trace and a field's closed-form divergence (recorded as trace "closed form") ignore `probes`.
+    `keep_samples` adds `samples`, every sample's NLL per probe (n x probes, float64).
     """
     device = torch.device(device)
     model.eval()
     per_sample: list[Tensor] = []
     nfes: list[int] = []
     start = time.perf_counter()
-    n_probes = 1 if trace == "exact" else max(int(probes), 1)
+    closed_form = bool(getattr(model.cnf.field, "closed_form_divergence", False))
+    n_probes = 1 if trace == "exact" or closed_form else max(int(probes), 1)
     with torch.no_grad():
         for batch in batches(data, batch_size):
             batch = to_device(batch, device)
@@ -62,7 +64,7 @@ def evaluate_nll(model: nn.Module, data: dict[str, Tensor], batch_size: int, tra
         "nll": float(nll.mean()),
         "nll_sem": float(nll.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"),
         "n": n,
-        "trace": trace,
+        "trace": "closed form" if closed_form else trace,  # the field's own divergence: no estimator ran
         "probes": n_probes,
         "nfe_per_solve": float(sum(nfes) / len(nfes)),
         "seconds": time.perf_counter() - start,

@@ -237,6 +237,9 @@ def test_trains_through_the_pipeline_on_every_dataset(name: str, dataset: str, s
         sets["flow"] = {"rtol": 1e-4, "atol": 1e-6}
     metrics = train(resolve(dataset, name, 8, sets=sets), data, tmp_path / "run", progress=False)
     assert np.isfinite(metrics["test_nll"]) and metrics["mean_nfe"] > 0
+    # the recorded estimator is what ran: kernel dynamics' closed-form divergence, not the configured trace
+    assert metrics["test_trace"] == ("closed form" if name == "kernel_dynamics" else resolve(dataset, name)["flow"]
+                                     ["trace_eval"])
 
 
 @pytest.mark.parametrize("name", ["simple_dynamics", "kernel_dynamics"])
