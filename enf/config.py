@@ -2,7 +2,8 @@
 
 Order (later wins): BASE < the data set's defaults < the model's defaults < the model's defaults for this
 data set (`by_dataset`) < the data set's budget for the training size < a YAML file < `--set key=value`.
-Unknown keys are refused by name: every settable key appears in the resolved defaults.
+Unknown keys are refused by name: every settable key appears in the resolved defaults. What each key accepts
+is declared once, in SETTINGS below the defaults, and `validate` checks a resolved config against it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,26 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from enf.errors import EnfError
+
+#: The string choices of the settings (the modules that use them import them from here).
+ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "rk4", "heun2",
+               "heun3", "explicit_adams", "implicit_adams", "fixed_adams")  # torchdiffeq's solvers
+TRACES = ("exact", "hutchinson")
+NOISES = ("rademacher", "gaussian")
+PAIRINGS = ("none", "ot", "equivariant_ot")
+OBJECTIVES = ("likelihood", "flow_matching")
+CLIP_GRADS = ("none", "adaptive")
+DTYPES = ("float32", "float64")
+KERNEL_VARIANTS = ("standard", "lj13")
 
 BASE: dict[str, Any] = {
     "dataset": None,
@@ -56,15 +71,144 @@ BASE: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What one setting accepts: a type (an int where a number is expected), and bounds or choices."""
+
+    kind: type                      # bool, int, float, str, list (of `items`) or dict (free-form)
+    minimum: float | None = None    # inclusive lower bound (of each item, for lists)
+    positive: bool = False          # strictly above zero
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None      # a regular expression the whole string must match
+    nullable: bool = False          # null (None) allowed, where the default is null
+    items: type | None = None
+    meaning: str = ""               # how the accepted strings are described in a refusal
+
+    def accepts(self, value: Any) -> bool:
+        """Whether `value` is allowed for this setting."""
+        if value is None:
+            return self.nullable
+        if self.kind is list:
+            return (isinstance(value, list) and self.items is not None
+                    and all(Setting(self.items, self.minimum, self.positive).accepts(v) for v in value))
+        if self.kind is dict:
+            return isinstance(value, dict)
+        if self.kind is bool or isinstance(value, bool):
+            return self.kind is bool and isinstance(value, bool)
+        if self.kind is str:
+            return (isinstance(value, str) and (not self.choices or value in self.choices)
+                    and (self.pattern is None or re.fullmatch(self.pattern, value) is not None))
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if self.kind is float:
+            value = _number(value)
+            if value is None:
+                return False
+        return (math.isfinite(value) and (self.minimum is None or value >= self.minimum)
+                and (not self.positive or value > 0))
+
+    def describe(self) -> str:
+        """What the setting accepts, for a refusal."""
+        if self.kind is list:
+            item = Setting(self.items or int, self.minimum, self.positive).describe()
+            text = "a list of " + item.replace("an integer", "integers").replace("a number", "numbers")
+        elif self.kind is dict:
+            text = "a mapping"
+        elif self.kind is bool:
+            text = "true or false"
+        elif self.kind is str:
+            text = f"one of {', '.join(self.choices)}" if self.choices else self.meaning or "a string"
+        else:
+            text = "an integer" if self.kind is int else "a number"
+            if self.positive:
+                text += " > 0"
+            elif self.minimum is not None:
+                text += f" >= {self.minimum:g}"
+        return text + (" or null" if self.nullable else "")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float for an int, a float, or a string such as '1e-3' (which YAML 1.1 reads as a string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+#: One declaration per setting: every key of BASE, of the data sets' and the models' defaults, and the keys an
+#: imported run records. The defaults themselves must pass (every data set and model is resolved in the tests).
+SETTINGS: dict[str, Setting] = {
+    "dataset": Setting(str, nullable=True),
+    "model.name": Setting(str),
+    "model.hidden_nf": Setting(int, minimum=1, nullable=True),  # null: a field without a network width
+    "model.n_layers": Setting(int, minimum=1, nullable=True),
+    "model.attention": Setting(bool),
+    "model.tanh": Setting(bool),
+    "model.coords_range": Setting(float, positive=True),
+    "model.condition_time": Setting(bool),
+    "model.self_edges": Setting(bool),
+    "model.n_rbf": Setting(int, minimum=1),
+    "model.rbf_max": Setting(float, positive=True),
+    "model.rbf_width": Setting(float, positive=True),
+    "model.mlp_hidden": Setting(list, items=int, minimum=1),
+    "model.variant": Setting(str, choices=KERNEL_VARIANTS),
+    "model.n_time_rbf": Setting(int, minimum=1),
+    "model.actnorm": Setting(bool),                             # recorded by `enf import-en-flows`
+    "flow.method": Setting(str, choices=ODE_METHODS),
+    "flow.rtol": Setting(float, positive=True),
+    "flow.atol": Setting(float, positive=True),
+    "flow.adjoint": Setting(bool),
+    "flow.trace_train": Setting(str, choices=TRACES),
+    "flow.trace_eval": Setting(str, choices=TRACES),
+    "flow.noise": Setting(str, choices=NOISES),
+    "flow.regularization": Setting(float, minimum=0),
+    "flow.max_steps": Setting(int, minimum=1),
+    "flow.compile": Setting(bool),
+    "flow_matching.pairing": Setting(str, choices=PAIRINGS),
+    "flow_matching.sigma": Setting(float, minimum=0),
+    "train.objective": Setting(str, choices=OBJECTIVES),
+    "train.n_train": Setting(int, minimum=1, nullable=True),    # null: the whole training split
+    "train.epochs": Setting(int, minimum=0),                    # 0: the initial model is the selection
+    "train.batch_size": Setting(int, minimum=1),
+    "train.eval_batch_size": Setting(int, minimum=1),
+    "train.lr": Setting(float, positive=True),
+    "train.weight_decay": Setting(float, minimum=0),
+    "train.amsgrad": Setting(bool),
+    "train.eval_every": Setting(int, minimum=1),
+    "train.clip_grad": Setting(str, choices=CLIP_GRADS),
+    "train.clip_queue_init": Setting(float, positive=True),
+    "train.augment_rotation": Setting(bool),
+    "train.seed": Setting(int),
+    "train.device": Setting(str, pattern=r"auto|cpu|mps|cuda(:[0-9]+)?", meaning="auto, cpu, mps, cuda or cuda:N"),
+    "train.dtype": Setting(str, choices=DTYPES),
+    "source": Setting(dict),                                    # provenance of an imported run
+}
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any], *, strict: bool = False,
                where: str = "") -> dict[str, Any]:
-    """Recursively merge `override` into a copy of `base`; with `strict`, refuse keys `base` lacks."""
+    """Recursively merge `override` into a copy of `base`; with `strict`, refuse keys `base` lacks.
+
+    A section (a mapping) is never replaced by a single value, nor a single value by a section.
+    """
     out = copy.deepcopy(base)
     for key, value in override.items():
         path = f"{where}{key}"
         if strict and key not in out:
             known = ", ".join(sorted(out)) if out else "none"
             raise EnfError(f"unknown config key {path!r} (known at this level: {known})")
+        if key in out and isinstance(out[key], dict) != isinstance(value, dict) and SETTINGS.get(path) is None:
+            if isinstance(out[key], dict):
+                example = f"{path}.{min(out[key], default='KEY')}=VALUE"
+                raise EnfError(f"config key {path!r} is a section, not a setting: set its keys (e.g. {example}), "
+                               f"got {value!r}")
+            raise EnfError(f"config key {path!r} is a setting, not a section, got {value!r}")
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value, strict=strict, where=f"{path}.")
         else:
@@ -85,8 +229,14 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             value = raw
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise EnfError(f"--set {item!r}: empty key name")
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise EnfError(f"--set {item!r}: an earlier --set gave {'.'.join(parts[:i + 1])!r} a single value")
+        if isinstance(node.get(parts[-1]), dict):
+            raise EnfError(f"--set {item!r}: an earlier --set set keys inside {key.strip()!r}")
         node[parts[-1]] = value
     return out
 
@@ -108,8 +258,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve(dataset: str, model: str, n_train: int | None = None, file_cfg: dict[str, Any] | None = None,
-            sets: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The full config for training `model` on `dataset` with `n_train` samples."""
+            sets: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full config for training `model` on `dataset` with `n_train` samples.
+
+    `options` holds the settings of dedicated command-line options (--seed, --epochs, ...): they win over `sets`.
+    """
     from enf.data.datasets import DATASETS
     from enf.models import VECTOR_FIELDS
 
@@ -124,45 +277,55 @@ def resolve(dataset: str, model: str, n_train: int | None = None, file_cfg: dict
     if n_train is not None:
         cfg["train"]["n_train"] = int(n_train)
     cfg = deep_merge(cfg, spec.budget(cfg["train"]["n_train"]))
-    for source in (file_cfg or {}), (sets or {}):
+    defaults = cfg
+    for source in (file_cfg or {}), (sets or {}), (options or {}):
         source = copy.deepcopy(source)
         for fixed in ("dataset",):
             if fixed in source and source[fixed] != dataset:
                 raise EnfError(f"config key {fixed!r} = {source[fixed]!r} contradicts --{fixed} {dataset}")
             source.pop(fixed, None)
-        if "model" in source and source["model"].get("name", model) != model:
+        if "model" in source and isinstance(source["model"], dict) and source["model"].get("name", model) != model:
             raise EnfError(f"config key 'model.name' = {source['model']['name']!r} contradicts --model {model}")
         cfg = deep_merge(cfg, source, strict=True)
-    validate(cfg)
+    validate(cfg, defaults)
     return cfg
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    """Check value ranges that would otherwise fail deep inside torch."""
-    from enf.flows.cnf import NOISES, TRACES
+def validate(cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+    """Check every setting of a resolved config against its declaration in SETTINGS, naming the first bad one.
 
-    flow, train = cfg["flow"], cfg["train"]
-    for key in ("trace_train", "trace_eval"):
-        if flow[key] not in TRACES:
-            raise EnfError(f"flow.{key} must be one of {TRACES}, got {flow[key]!r}")
-    if flow["noise"] not in NOISES:
-        raise EnfError(f"flow.noise must be one of {NOISES}, got {flow['noise']!r}")
-    for key in ("rtol", "atol"):
-        if not float(flow[key]) > 0:
-            raise EnfError(f"flow.{key} must be positive, got {flow[key]!r}")
-    for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
-        if not isinstance(train[key], int) or train[key] < (0 if key == "epochs" else 1):
-            raise EnfError(f"train.{key} must be a positive integer, got {train[key]!r}")
-    if train["n_train"] is not None and (not isinstance(train["n_train"], int) or train["n_train"] < 1):
-        raise EnfError(f"train.n_train must be a positive integer, got {train['n_train']!r}")
-    if train["objective"] not in ("likelihood", "flow_matching"):
-        raise EnfError(f"train.objective must be 'likelihood' or 'flow_matching', got {train['objective']!r}")
-    if train["clip_grad"] not in ("none", "adaptive"):
-        raise EnfError(f"train.clip_grad must be 'none' or 'adaptive', got {train['clip_grad']!r}")
-    if train["dtype"] not in ("float32", "float64"):
-        raise EnfError(f"train.dtype must be float32 or float64, got {train['dtype']!r}")
-    if not float(train["lr"]) > 0:
-        raise EnfError(f"train.lr must be positive, got {train['lr']!r}")
+    With `defaults` (the config before the file and --set were merged), null is accepted only where the default
+    is null; without them (a stored config), wherever the declaration allows it.
+    """
+    for section in ("model", "flow", "flow_matching", "train"):
+        if not isinstance(cfg.get(section), dict):
+            raise EnfError(f"config section {section!r} is missing or not a mapping, got {cfg.get(section)!r}")
+    for key, value in _leaves(cfg):
+        setting = SETTINGS.get(key)
+        if setting is None:
+            raise EnfError(f"unknown config key {key!r} (not declared in enf.config.SETTINGS)")
+        if setting.nullable and defaults is not None and _lookup(defaults, key) is not None:
+            setting = replace(setting, nullable=False)
+        if not setting.accepts(value):
+            raise EnfError(f"{key} must be {setting.describe()}, got {value!r}")
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every setting; a section declared as a free-form mapping is one leaf."""
+    out = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and SETTINGS.get(path) is None:
+            out += _leaves(value, f"{path}.")
+        else:
+            out.append((path, value))
+    return out
 
 
 def config_hash(cfg: dict[str, Any], ignore: tuple[str, ...] = ("train.device",)) -> str:

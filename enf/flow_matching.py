@@ -38,12 +38,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from enf.config import PAIRINGS
 from enf.errors import EnfError
 from enf.flows.distributions import sample_com_free_gaussian, sample_gaussian
 from enf.geometry import node_mask_like, remove_mean
 from enf.networks.base import VectorField
 
-PAIRINGS = ("none", "ot", "equivariant_ot")
 #: Exact alignment over all N! node permutations up to this many nodes (5! = 120 candidates per pair).
 BRUTE_FORCE_MAX = 5
 #: Hungarian/Kabsch rounds of the iterative alignment (stops earlier once no permutation changes). On LJ13-sized

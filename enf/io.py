@@ -1,4 +1,4 @@
-"""Atomic file writes (temp file, then rename) and validated loading of the project's data files."""
+"""Atomic file writes (temp file, then rename), the commands' output checks, and validated loading of data files."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +19,22 @@ import numpy as np
 
 from enf.errors import EnfError
 
+#: A temporary file older than this is a killed writer's leftover, whoever wrote it.
+STALE_TMP_SECONDS = 24 * 3600
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary name records the writer (`.NAME.PID@HOST.XXXXXXXX.tmp`), so that the next write to the same
+    target removes what a killed writer left: its own host's files whose process is gone, and any older than a day.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{_HOST}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -34,10 +46,137 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(path: Path, max_age: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Delete the temporary files of `path` left by killed writers (see `atomic_path`); return them."""
+    prefix = f".{path.name}."
+    ours = re.compile(r"(?P<pid>[0-9]+)@(?P<host>.+)\.[A-Za-z0-9_]+\.tmp")
+    legacy = re.compile(r"[A-Za-z0-9_]+\.tmp")  # mkstemp names of earlier versions: judged by age alone
+    removed = []
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    now = time.time()
+    for candidate in candidates:
+        rest = candidate.name[len(prefix):]
+        match = ours.fullmatch(rest)
+        if match is None and legacy.fullmatch(rest) is None:
+            continue
+        try:
+            age = now - candidate.lstat().st_mtime
+        except OSError:
+            continue
+        dead = match is not None and match["host"] == _HOST and not _alive(int(match["pid"]))
+        if (dead or age > max_age) and candidate.is_file():
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or a number no process has: keep the file until it is old
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+PathArg = str | os.PathLike[str]
+
+
+def check_paths(inputs: Mapping[str, PathArg | Iterable[PathArg] | None],
+                files: Mapping[str, PathArg | None] | None = None,
+                dirs: Mapping[str, tuple[PathArg | None, Iterable[str]]] | None = None) -> None:
+    """Refuse, before a command does any work, outputs that would overwrite an input or cannot be written.
+
+    `inputs` and `files` map a label (the option, e.g. '--checkpoint') to a path; `dirs` maps a label to an output
+    folder and the names the command writes inside it. An output is refused when it is an input (same resolved
+    path, or the same file through a link), another output, a directory where a file is expected or vice versa, or
+    in a place that cannot be created or written. Nothing is created here.
+    """
+    ins = [(label, Path(p)) for label, value in inputs.items() for p in _paths(value)]
+    outs: list[tuple[str, Path]] = []
+    for label, value in (files or {}).items():
+        if value is not None:
+            out = Path(value)
+            _check_file_target(label, out)
+            outs.append((label, out))
+    for label, (folder, names) in (dirs or {}).items():
+        if folder is None:
+            continue
+        folder = Path(folder)
+        _check_dir_target(label, folder)
+        outs.append((label, folder))
+        for name in names:
+            inner = folder / name
+            for parent in [*reversed(inner.relative_to(folder).parents)][1:]:
+                if os.path.lexists(folder / parent) and not (folder / parent).is_dir():
+                    raise EnfError(f"{label} {folder}: {folder / parent} is not a directory")
+            if inner.is_dir():
+                raise EnfError(f"{label} {folder}: {inner} is a directory where a file will be written")
+            outs.append((f"{label} (its {name})", inner))
+    for i, (label, out) in enumerate(outs):
+        for in_label, path in ins:
+            if _same(out, path):
+                raise EnfError(f"{label} {out} is {in_label} {path}; an output may not overwrite an input")
+        for other_label, other in outs[:i]:
+            if _same(out, other):
+                raise EnfError(f"{label} {out} is also {other_label} {other}; give each output its own path")
+
+
+def _paths(value: PathArg | Iterable[PathArg] | None) -> list[PathArg]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    return [v for v in value if v is not None]
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Same resolved path, or the same existing file under two names (hard or symbolic link)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_file_target(label: str, path: Path) -> None:
+    if path.is_dir():
+        raise EnfError(f"{label} {path}: is a directory; expected a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise EnfError(f"{label} {path}: exists and is not writable")
+    _check_creatable(label, path.parent, path)
+
+
+def _check_dir_target(label: str, path: Path) -> None:
+    if os.path.lexists(path) and not path.is_dir():
+        raise EnfError(f"{label} {path}: exists and is not a directory")
+    _check_creatable(label, path, path)
+
+
+def _check_creatable(label: str, folder: Path, target: Path) -> None:
+    """`folder` exists as a writable directory, or can be made inside the nearest existing one."""
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EnfError(f"{label} {target}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EnfError(f"{label} {target}: cannot write in {existing} (permission denied)")
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -57,6 +57,8 @@ _DEQUANTIZER_RULES: tuple[tuple[str, str], ...] = (
 )
 #: Their integration times: checked (data t=0 to latent t=1), not loaded (enf's CNF always integrates 0 -> 1).
 _TIME_TENSORS = {"transformations.1.int_time": (0.0, 1.0), "transformations.1.inv_int_time": (1.0, 0.0)}
+#: The files `import_en_flows` writes in its run directory.
+RUN_FILES = ("checkpoint.pt", "config.yaml", "import.json")
 #: enf tensors that no released file holds: p(M) is set from the histogram above.
 _NOT_IMPORTED = ("size_probs",)
 
@@ -84,7 +86,7 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or truncated files
-        raise EnfError(f"{path}: not a readable torch state dict ({type(err).__name__}: {err})") from None
+        raise EnfError(f"{path}: not a readable torch state dict ({checkpoints.load_error_reason(err)})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise EnfError(f"{path}: expected a state dict (tensor name -> tensor), got {type(state).__name__}")
     return dict(state)
@@ -177,8 +179,8 @@ def load_en_flows(flow_path: str | Path, dequantizer_path: str | Path,
     mapped, problems = map_state(flow, dequantizer, expected, actnorm=cfg["model"]["actnorm"])
     if problems:
         raise EnfError(f"{flow_path} + {dequantizer_path} do not fit enf's QM9 model ({cfg['model']['n_layers']} "
-                       f"layers, nf {cfg['model']['hidden_nf']}, attention {cfg['model']['attention']}):\n  "
-                       + "\n  ".join(problems))
+                       f"layers, nf {cfg['model']['hidden_nf']}, attention {cfg['model']['attention']}): "
+                       + "; ".join(problems))
     state = {k: v.to(expected[k].dtype) for k, v in mapped.items()}
     model.load_state_dict(state, strict=False)
     counts = torch.zeros(model.max_nodes + 1)

@@ -32,6 +32,10 @@ from enf.io import atomic_path, write_json
 from enf.models import build_model
 from enf.version import code_version
 
+#: Every file a run writes in its directory (the output check of `enf train` makes sure none is an input).
+RUN_FILES = ("config.yaml", "checkpoint.pt", "metrics.json", "history.csv", "training_curves.png", "state/last.pt",
+             "state/best.pt")
+
 
 def pick_device(name: str) -> torch.device:
     """'auto' means CUDA when available, else CPU."""
@@ -53,15 +57,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as plain data (lists, numbers, tensors), so that a checkpoint loads with weights_only."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [str(name), keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what `rng_state` saved (or an earlier version's tuples and numpy array)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -140,26 +152,40 @@ class Trainer:
         checkpoints.save(self.state_dir / "last.pt", {
             "format": checkpoints.FORMAT, "config_hash": self.hash, "config": self.cfg,
             "epoch": epoch_done, "model_state": self.model.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(), "best": self.best, "history": self.history,
-            "rng": rng_state(), "clip_queue": list(self.clipper.queue) if self.clipper else None,
+            "optimizer_state": self.optimizer.state_dict(), "best": checkpoints.plain(self.best),
+            "history": checkpoints.plain(self.history), "rng": rng_state(),
+            "clip_queue": [float(v) for v in self.clipper.queue] if self.clipper else None,
             "code_version": code_version(),
         })
 
-    def try_resume(self) -> bool:
+    def check_resumable(self) -> dict[str, Any] | None:
+        """The saved state of this run, None when there is none; refuse a state of another run (before any work)."""
         path = self.state_dir / "last.pt"
         if not path.is_file():
-            return False
+            return None
         state = checkpoints.load(path)
         if state.get("config_hash") != self.hash:
             raise EnfError(f"{path}: holds a run with a different config; use another --out directory or "
                            "delete it to start over")
-        self.model.load_state_dict(state["model_state"])
-        self.optimizer.load_state_dict(state["optimizer_state"])
-        self.best, self.history = state["best"], state["history"]
-        self.start_epoch = int(state["epoch"])
-        if self.clipper and state.get("clip_queue"):
-            self.clipper.queue.extend(state["clip_queue"])
-        set_rng_state(state["rng"])
+        return state
+
+    def try_resume(self, state: dict[str, Any] | None) -> bool:
+        """Continue from `state` (see `check_resumable`); False when there is none."""
+        if state is None:
+            return False
+        path = self.state_dir / "last.pt"
+        try:
+            self.model.load_state_dict(state["model_state"])
+            self.optimizer.load_state_dict(state["optimizer_state"])
+            self.best, self.history = checkpoints.plain(state["best"]), checkpoints.plain(state["history"])
+            self.start_epoch = int(state["epoch"])
+            if self.clipper and state.get("clip_queue"):
+                self.clipper.queue.extend(float(v) for v in state["clip_queue"])
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            lines = str(err).splitlines()
+            raise EnfError(f"{path}: not a resumable state of this run ({type(err).__name__}: "
+                           f"{lines[0] if lines else ''})") from None
         self.log(f"resuming from {path} after epoch {self.start_epoch}")
         return True
 
@@ -218,12 +244,14 @@ class Trainer:
                             self.cfg["flow"]["trace_eval"], device=self.device)
 
     def run(self) -> dict[str, Any]:
+        state = self.check_resumable()
         self.load_data()
         self.build()
+        resumed = self.try_resume(state)
+        # Only now, with every refusal behind, does the run directory change.
         self.out.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(self.cfg, sort_keys=False))
-        resumed = self.try_resume()
         if not resumed and hasattr(self.model, "initialize"):
             first = batches(self.train_data, self.tcfg["batch_size"])[0]
             self.model.initialize(to_device(first, self.device), self.train_data)

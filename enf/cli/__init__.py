@@ -1,7 +1,8 @@
 """The `enf` command line: one sub-command per module of this package (data, train, evaluate, sample, ...).
 
 Each sub-command module defines `add_parser(subparsers)`, which registers its parser and sets `func` to a
-function taking the parsed arguments. An `EnfError` becomes a one-line message and exit status 2.
+function taking the parsed arguments. An `EnfError` becomes a one-line message and exit status 2, and so does a
+usage error. Every command checks its output paths (`enf.io.check_paths`) before it starts work.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from enf.errors import EnfError
 
@@ -16,10 +18,17 @@ from enf.errors import EnfError
 COMMANDS = ("data", "train", "evaluate", "sample", "analyze", "import_en_flows")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2), like every other refusal of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from enf import __version__
 
-    parser = argparse.ArgumentParser(prog="enf", description="E(n) Equivariant Normalizing Flows")
+    parser = Parser(prog="enf", description="E(n) Equivariant Normalizing Flows")
     parser.add_argument("--version", action="version", version=f"enf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -39,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except EnfError as err:
-        print(f"enf {args.command}: error: {err}", file=sys.stderr)
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"enf {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"enf {args.command}: interrupted", file=sys.stderr)

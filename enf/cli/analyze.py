@@ -28,13 +28,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enf.io import sha256_file, write_json
-    from enf.metrics import analyze, load_molecule_set, write_figures
+    from enf.io import check_paths, sha256_file, write_json
+    from enf.metrics import FIGURE_FILES, analyze, load_molecule_set, write_figures
     from enf.version import code_version
 
     out = Path(args.out)
     if out.suffix != ".json":
         raise EnfError(f"--out {out}: expected a .json file name")
+    figures = None if args.no_figures else Path(args.figures) if args.figures else out.parent
+    check_paths({"--data": args.data, "--reference": args.reference}, {"--out": out},
+                dirs={"--figures": (figures, FIGURE_FILES)})
     start = time.perf_counter()
     samples = load_molecule_set(args.data)
     reference = load_molecule_set(args.reference) if args.reference else None
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.no_figures:
         figures_start = time.perf_counter()
-        result["figures"] = write_figures(extras, result, Path(args.figures) if args.figures else out.parent)
+        result["figures"] = write_figures(extras, result, figures)
         result["timings_s"]["figures"] = round(time.perf_counter() - figures_start, 3)
     result["timings_s"]["total"] = round(time.perf_counter() - start, 3)
     write_json(out, result)

@@ -52,7 +52,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_particles(args: argparse.Namespace) -> int:
-    from enf.data.particles import generate_particles
+    from enf.data.particles import FIGURES, generate_particles
+    from enf.io import check_paths
+
+    check_paths({}, dirs={"--out": (args.out, _data_files(FIGURES))})
 
     generate_particles(args.dataset, args.out, n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test,
                        seed=args.seed, energy=getattr(args, "energy", "ordered"), chains=args.chains,
@@ -63,8 +66,22 @@ def run_particles(args: argparse.Namespace) -> int:
 
 
 def run_qm9(args: argparse.Namespace) -> int:
-    from enf.data.qm9 import prepare_qm9
+    from pathlib import Path
+
+    from enf.data.qm9 import CSV_FILES, prepare_qm9
+    from enf.io import check_paths
+
+    sources = [args.source, *(Path(args.source) / name for name in CSV_FILES)] if args.source else None
+    check_paths({"--source": sources}, dirs={"--out": (args.out, _data_files())})
 
     prepare_qm9(args.out, positional=args.dataset == "qm9_positional", source=args.source, force=args.force,
                 log=_log)
     return 0
+
+
+def _data_files(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The files `enf data` writes in its output folder."""
+    from enf.data.datasets import SPLITS
+    from enf.data.outputs import MARKER, META
+
+    return (*(f"{split}.npz" for split in SPLITS), META, MARKER, *extra)

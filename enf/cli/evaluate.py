@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from enf.cli.common import add_device
+from enf.cli.common import add_device, require_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,10 +41,18 @@ def run(args: argparse.Namespace) -> int:
     from enf.data.datasets import DATASETS, load_split
     from enf.errors import EnfError
     from enf.evaluation import batches, evaluate_nll
-    from enf.io import save_npz, sha256_file, write_json
+    from enf.io import check_paths, save_npz, sha256_file, write_json
     from enf.training import pick_device
     from enf.version import code_version
 
+    for option, value, minimum in (("--n", args.n, 1), ("--probes", args.probes, 1),
+                                   ("--batch-size", args.batch_size, 1), ("--boltzmann", args.boltzmann, 0)):
+        require_int(option, value, minimum)
+    outputs = {"--out": args.out, "--per-sample": args.per_sample}
+    if args.boltzmann:
+        out = Path(args.out)
+        outputs["--out (its Boltzmann figure)"] = out.with_name(f"{out.stem}_boltzmann.png")
+    check_paths({"--checkpoint": args.checkpoint, "--data": args.data}, outputs)
     device = pick_device(args.device or "auto")
     model, payload = load_model(args.checkpoint, device)
     cfg = payload["config"]

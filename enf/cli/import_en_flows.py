@@ -21,8 +21,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enf.pretrained import import_en_flows
+    from pathlib import Path
 
+    from enf.io import check_paths
+    from enf.pretrained import RUN_FILES, import_en_flows
+
+    args_file = args.args if args.args is not None else Path(args.flow).parent / "args.json"
+    check_paths({"--flow": args.flow, "--dequantizer": args.dequantizer, "--args": args_file},
+                dirs={"--out": (args.out, RUN_FILES)})
     out = import_en_flows(args.flow, args.dequantizer, args.out, args.args)
     print(f"imported {args.flow} and {args.dequantizer} into {out / 'checkpoint.pt'}")
     return 0

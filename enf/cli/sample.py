@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from enf.cli.common import add_device
+from enf.cli.common import add_device, require_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,12 +24,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from enf.checkpoints import load_model
-    from enf.errors import EnfError
-    from enf.io import save_npz
+    from enf.io import check_paths, save_npz
     from enf.training import pick_device
 
-    if args.n < 1:
-        raise EnfError(f"--n must be positive, got {args.n}")
+    require_int("--n", args.n)
+    require_int("--batch-size", args.batch_size)
+    check_paths({"--checkpoint": args.checkpoint}, {"--out": args.out})
     device = pick_device(args.device or "auto")
     model, _ = load_model(args.checkpoint, device)
     model.eval()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, NoReturn
 
-from enf.cli.common import add_device
-from enf.config import deep_merge, load_yaml, parse_set, resolve
+from enf.cli.common import add_device, require_int
+from enf.config import load_yaml, parse_set, resolve
+from enf.errors import EnfError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +32,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enf.training import train
+    from enf.data.datasets import SPLITS, split_path
+    from enf.io import check_paths
+    from enf.training import RUN_FILES, train
 
+    check_paths({"--data": [args.data, *(split_path(args.data, s) for s in SPLITS)], "--config": args.config},
+                dirs={"--out": (args.out, RUN_FILES)})
+    cfg = resolved_config(args)
+    train(cfg, args.data, args.out, progress=not args.no_progress)
+    return 0
+
+
+def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's config from the parsed arguments: the defaults, --config, --set and the options that set keys."""
+    require_int("--n-train", args.n_train)
     sets = parse_set(args.set)
     extra: dict = {"train": {}}
     if args.seed is not None:
@@ -42,7 +56,19 @@ def run(args: argparse.Namespace) -> int:
         extra["train"]["device"] = args.device
     if args.objective is not None:
         extra["train"]["objective"] = args.objective
-    cfg = resolve(args.dataset, args.model, args.n_train,
-                  load_yaml(args.config) if args.config else None, deep_merge(sets, extra))
-    train(cfg, args.data, args.out, progress=not args.no_progress)
-    return 0
+    return resolve(args.dataset, args.model, args.n_train, load_yaml(args.config) if args.config else None,
+                   sets, extra)
+
+
+class _Refusing(argparse.ArgumentParser):
+    """A parser whose usage errors raise EnfError, for callers that report them their own way."""
+
+    def error(self, message: str) -> NoReturn:
+        raise EnfError(f"enf train: {message}")
+
+
+def config_from_argv(argv: list[str]) -> dict[str, Any]:
+    """The resolved config of `enf train ARGV`, without training: the workflow checks its settings with it."""
+    parser = _Refusing(prog="enf")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return resolved_config(parser.parse_args(["train", *argv]))

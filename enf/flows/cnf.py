@@ -16,12 +16,11 @@ from torch import Tensor, nn
 from torch._functorch import config as functorch_config
 from torchdiffeq import odeint, odeint_adjoint
 
+from enf.config import NOISES, TRACES
 from enf.errors import NumericalError
 from enf.geometry import node_mask_like
 from enf.networks.base import VectorField
 
-TRACES = ("exact", "hutchinson")
-NOISES = ("rademacher", "gaussian")
 #: The compiled exact trace holds every Jacobian row's intermediates at once; above this many coordinates
 #: per sample (e.g. QM9's 29 x 9) the loop of backward passes is used instead.
 EXACT_FUSED_MAX_DIM = 64

@@ -240,6 +240,10 @@ def _rel_dist(samples: MoleculeSet, reference: MoleculeSet, result: dict[str, An
                      "QM9-positional data)")
 
 
+#: The pictures `write_figures` may draw (which ones depends on the data).
+FIGURE_FILES = ("molecules_grid_2d.png", "molecules_3d.png", "rel_dist_hist.png")
+
+
 def write_figures(extras: dict[str, Any], result: dict[str, Any], figures_dir: str | Path) -> dict[str, str]:
     """Draw molecules_grid_2d.png, molecules_3d.png and rel_dist_hist.png as the data allow; returns their paths."""
     from enf.metrics import figures
@@ -284,4 +288,4 @@ def write_figures(extras: dict[str, Any], result: dict[str, Any], figures_dir: s
     return written
 
 
-__all__ = ["MoleculeSet", "analyze", "load_molecule_set", "write_figures"]
+__all__ = ["FIGURE_FILES", "MoleculeSet", "analyze", "load_molecule_set", "write_figures"]

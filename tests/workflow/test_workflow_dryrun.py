@@ -102,3 +102,38 @@ def test_flow_matching_switch_adds_its_rows_and_the_ess_table(tmp_path: Path) ->
     assert counts["train"] > base_counts["train"]
     assert "/enf_fm/" in out and "/enf_fm/" not in base
     assert "tables/ess.csv" in out
+
+
+@pytest.mark.parametrize("override, where, what", [
+    ("experiments:\n  dw4:\n    set: {train.lrr: 1}\n", "experiments.dw4.set", "unknown config key 'train.lrr'"),
+    ("models:\n  enf: {label: E-NF, set: {flow.method: euler2}}\n", "models.enf.set", "flow.method must be one of"),
+    ("experiments:\n  lj13:\n    set: {train.amsgrad: maybe}\n", "experiments.lj13.set", "train.amsgrad must be"),
+])
+def test_bad_enf_settings_fail_the_dry_run_by_name(tmp_path: Path, override: str, where: str, what: str) -> None:
+    """Every trained cell's enf config is resolved when the workflow is parsed, not when its job runs."""
+    bad = tmp_path / "override.yaml"
+    bad.write_text(override)
+    res = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(bad))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and f"config: {where}: {what}" in out, out[-3000:]
+
+
+def test_an_outdir_with_a_space_is_quoted_in_every_command(tmp_path: Path) -> None:
+    """Each shell command keeps a path with a space in one word (else it breaks, or writes a stray file)."""
+    import shlex
+
+    outdir = "out dir/smo ke"
+    override = tmp_path / "override.yaml"
+    override.write_text(f"outdir: {outdir!r}\n")
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "smoke.yaml"), str(override))
+    assert res.returncode == 0, res.stderr[-3000:]
+    commands = [line.strip() for line in (res.stdout + res.stderr).splitlines()
+                if outdir in line and line.strip().split(":")[0] not in ("input", "output", "log", "benchmark",
+                                                                         "reason", "wildcards", "resources")]
+    ran = {rule for rule in ("enf data", "subset_data.py", "enf train", "enf evaluate", "enf sample", "enf analyze",
+                             "enf import-en-flows", "track_mlflow.py init", "track_mlflow.py train")
+           if any(rule in command for command in commands)}
+    assert len(ran) == 9, ran
+    for command in commands:
+        words = shlex.split(command)
+        assert not any(word in ("out", "dir/smo") or word.startswith(("ke/", "dir/smo ")) for word in words), command

@@ -69,8 +69,8 @@ rule boltzmann:
         runtime=res("evaluate", "runtime"),
         gpu=res("evaluate", "gpu"),
     shell:
-        "OMP_NUM_THREADS={threads} {GPU_SLOT} {ENF} evaluate --checkpoint {input.checkpoint} --data {input.test} "
-        "--out {output.json} {params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {GPU_SLOT} {ENF} evaluate --checkpoint {input.checkpoint:q} --data {input.test:q} "
+        "--out {output.json:q} {params.args} > {log:q} 2>&1"
 
 
 rule ess_table:

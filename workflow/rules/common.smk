@@ -3,6 +3,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -290,6 +291,49 @@ def state_key(wc):
     """Identifies the training a resumable state belongs to (arguments and code): a new key starts afresh."""
     text = json.dumps([train_arg_list(wc), CODE])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_train_settings():
+    """Resolve the enf config of every trained cell now, so that a bad key or value in experiments.<set>.set,
+    models.<model>.set or .args fails the dry run, naming the config key, instead of the job."""
+    if importlib.util.find_spec("enf") is None:
+        return  # enf runs elsewhere (enf_command): its jobs check their own settings
+    from types import SimpleNamespace
+
+    from enf.cli.train import config_from_argv
+    from enf.errors import EnfError
+
+    checked = set()
+    for ds, exp in EXPERIMENTS.items():
+        for m in exp["models"]:
+            for n in exp["n_train"]:
+                wc = SimpleNamespace(dataset=ds, model=m, n_train=str(n), seed=str((config["seeds"] or [0])[0]))
+                argv = tuple(train_arg_list(wc))
+                if argv in checked:
+                    continue
+                checked.add(argv)
+                try:
+                    config_from_argv([*argv, "--out", cell_path("runs", ds, m, n, wc.seed, "")])
+                except EnfError as err:
+                    raise WorkflowError(f"config: {_settings_culprit(ds, m, str(n), str(err))}: {err}") from None
+
+
+def _settings_culprit(ds, m, n, message):
+    """The workflow config key whose settings an enf refusal names (the first that holds the key it names)."""
+    sources = [(f"experiments.{ds}.set", EXPERIMENTS[ds].get("set") or {}),
+               (f"models.{m}.set", MODELS[m].get("set") or {}),
+               (f"experiments.{ds}.budgets.{n}", {f"train.{k}": v for k, v in
+                                                  EXPERIMENTS[ds].get("budgets", {}).get(n, {}).items()})]
+    for where, sets in sources:
+        for key in sets:
+            if re.search(rf"(?<![\w.]){re.escape(str(key))}(?![\w])", message) or message.startswith(f"--set '{key}="):
+                return where
+    if MODELS[m].get("args"):
+        return f"models.{m}.args or the settings of experiments.{ds} (n_train {n})"
+    return f"the settings of experiments.{ds} and models.{m} (n_train {n})"
+
+
+_check_train_settings()
 
 
 def eval_settings(dataset, model):

@@ -31,8 +31,8 @@ rule data_mcmc:
         runtime=res("data", "runtime"),
         gpu=0,
     shell:
-        "OMP_NUM_THREADS={threads} {ENF} data {wildcards.dataset} --out {OUT}/data_full/{wildcards.dataset} "
-        "--force {params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {ENF} data {wildcards.dataset} --out {OUT:q}/data_full/{wildcards.dataset} "
+        "--force {params.args} > {log:q} 2>&1"
 
 
 rule data_qm9pack:
@@ -56,8 +56,8 @@ rule data_qm9pack:
         runtime=res("data_qm9", "runtime"),
         gpu=0,
     shell:
-        "OMP_NUM_THREADS={threads} {ENF} data {wildcards.dataset} --out {OUT}/data_full/{wildcards.dataset} "
-        "--force {params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {ENF} data {wildcards.dataset} --out {OUT:q}/data_full/{wildcards.dataset} "
+        "--force {params.args} > {log:q} 2>&1"
 
 
 rule data_split:
@@ -82,5 +82,5 @@ rule data_split:
         runtime=10,
         gpu=0,
     shell:
-        "{PY} {SCRIPTS}/subset_data.py --source {OUT}/data_full/{wildcards.dataset} "
-        "--out {OUT}/data/{wildcards.dataset} {params.subset} > {log} 2>&1"
+        "{PY} {SCRIPTS:q}/subset_data.py --source {OUT:q}/data_full/{wildcards.dataset} "
+        "--out {OUT:q}/data/{wildcards.dataset} {params.subset} > {log:q} 2>&1"

@@ -23,8 +23,8 @@ rule import_pretrained:
         runtime=resources_for("default")["runtime"],
         gpu=0,
     shell:
-        "{ENF} import-en-flows --flow {input.flow} --dequantizer {input.dequantizer} --out {params.run_dir} "
-        "> {log} 2>&1"
+        "{ENF} import-en-flows --flow {input.flow:q} --dequantizer {input.dequantizer:q} --out {params.run_dir:q} "
+        "> {log:q} 2>&1"
 
 
 rule evaluate:
@@ -46,8 +46,8 @@ rule evaluate:
         runtime=res("evaluate", "runtime"),
         gpu=res("evaluate", "gpu"),
     shell:
-        "OMP_NUM_THREADS={threads} {GPU_SLOT} {ENF} evaluate --checkpoint {input.checkpoint} --data {input.test} "
-        "--out {output} {params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {GPU_SLOT} {ENF} evaluate --checkpoint {input.checkpoint:q} --data {input.test:q} "
+        "--out {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule sample:
@@ -68,8 +68,8 @@ rule sample:
         runtime=res("sample", "runtime"),
         gpu=res("sample", "gpu"),
     shell:
-        "OMP_NUM_THREADS={threads} {GPU_SLOT} {ENF} sample --checkpoint {input.checkpoint} --out {output} "
-        "{params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {GPU_SLOT} {ENF} sample --checkpoint {input.checkpoint:q} --out {output:q} "
+        "{params.args} > {log:q} 2>&1"
 
 
 rule analyze:
@@ -98,8 +98,8 @@ rule analyze:
         runtime=res("analyze", "runtime"),
         gpu=0,
     shell:
-        "OMP_NUM_THREADS={threads} {ENF} analyze --data {input.samples} --reference {input.reference} "
-        "--out {output.json} --figures {output.figures} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {ENF} analyze --data {input.samples:q} --reference {input.reference:q} "
+        "--out {output.json:q} --figures {output.figures:q} > {log:q} 2>&1"
 
 
 rule analyze_data:
@@ -120,5 +120,5 @@ rule analyze_data:
         runtime=res("analyze", "runtime"),
         gpu=0,
     shell:
-        "OMP_NUM_THREADS={threads} {ENF} analyze --data {input.test} --out {output.json} "
-        "--figures {output.figures} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {ENF} analyze --data {input.test:q} --out {output.json:q} "
+        "--figures {output.figures:q} > {log:q} 2>&1"

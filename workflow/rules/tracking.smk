@@ -20,8 +20,8 @@ rule mlflow_init:
         gpu=0,
     shell:
         "{TRACK} init {params.mlflow} --artifact-root {params.artifact_root:q} "
-        "--tag config_name={CONFIG_NAME} --tag mlflow.note.content={params.description:q} "
-        "--out {output} > {log} 2>&1"
+        "--tag config_name={CONFIG_NAME:q} --tag mlflow.note.content={params.description:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule track:
@@ -37,6 +37,7 @@ rule track:
         mlflow=MLFLOW_ARGS,
         artifact_root=MLFLOW["artifact_root"],
         args=track_args,
+        label=lambda wc: label_of(wc.model),  # args depend on the input, so Snakemake does not compare them
     localrule: True
     threads: 1
     resources:
@@ -44,5 +45,5 @@ rule track:
         runtime=res("track", "runtime"),
         gpu=0,
     shell:
-        "{TRACK} train {params.mlflow} --artifact-root {params.artifact_root:q} {params.args} --out {output} "
-        "> {log} 2>&1"
+        "{TRACK} train {params.mlflow} --artifact-root {params.artifact_root:q} {params.args} --out {output:q} "
+        "> {log:q} 2>&1"

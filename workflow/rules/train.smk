@@ -34,5 +34,5 @@ rule train:
         runtime=res("train", "runtime"),
         gpu=res("train", "gpu"),
     shell:
-        "( {PREPARE_RUN_DIR} --run-dir {params.run_dir} --key {params.state_key} && "
-        "OMP_NUM_THREADS={threads} {GPU_SLOT} {ENF} train {params.args} --out {params.run_dir} ) > {log} 2>&1"
+        "( {PREPARE_RUN_DIR} --run-dir {params.run_dir:q} --key {params.state_key} && "
+        "OMP_NUM_THREADS={threads} {GPU_SLOT} {ENF} train {params.args} --out {params.run_dir:q} ) > {log:q} 2>&1"

@@ -13,6 +13,11 @@ Concurrency: with a sqlite store, every write happens under an exclusive lock on
 each client call is retried with exponential backoff when sqlite reports "database is locked", so many
 jobs finishing at once (`--cores all`) neither lose a run nor crash. Re-logging the same job (same
 `--job-key`) soft-deletes the runs it supersedes, so the dashboard shows one live run per job.
+
+Safety: a new sqlite store is created under the lock (even with --no-lock) in a temporary file that is renamed
+into place only when its schema is complete, so that concurrent or killed creators never leave a half-made store;
+an existing store must pass sqlite's integrity check and hold MLflow's tables before anything is written to it.
+Every store error ends the script with one line naming the store (exit status 2).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import math
 import os
 import random
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +47,14 @@ MAX_TAG_LENGTH = 8000
 
 
 # -- store access -----------------------------------------------------------------------------------------
+
+class StoreError(Exception):
+    """A tracking store that cannot be used; the message names it and says what to do."""
+
+
+#: Tables every MLflow tracking store has (a store without them is foreign or half-made).
+STORE_TABLES = ("alembic_version", "experiments", "runs", "metrics", "params", "tags")
+
 
 def normalise_uri(uri: str) -> str:
     """Make a relative sqlite path absolute (jobs may run in another working directory)."""
@@ -63,8 +77,12 @@ def store_lock(uri: str, timeout: float = 600.0, enabled: bool = True) -> Iterat
     if db is None or not enabled:
         yield
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "a+") as handle:
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(f"{db}.lock", "a+")
+    except OSError as err:
+        raise StoreError(f"{db}: cannot create its lock file ({err.strerror or err})") from None
+    with handle:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -72,7 +90,7 @@ def store_lock(uri: str, timeout: float = 600.0, enabled: bool = True) -> Iterat
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not lock {db}.lock within {timeout:.0f} s") from None
+                    raise StoreError(f"{db}: could not lock {db}.lock within {timeout:.0f} s") from None
                 time.sleep(0.05 + 0.1 * random.random())
         try:
             yield
@@ -102,18 +120,86 @@ def with_retry(fn: Callable[..., Any], *args: Any, attempts: int = 10, base: flo
 
 
 class RetryingClient:
-    """An MlflowClient whose every call is retried on sqlite lock errors."""
+    """An MlflowClient whose every call is retried on sqlite lock errors; other failures become a StoreError."""
 
     def __init__(self, uri: str, attempts: int = 10) -> None:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.attempts = attempts
-        self.client = with_retry(MlflowClient, tracking_uri=uri, attempts=attempts)
+        self.client = self._call("open", MlflowClient, tracking_uri=uri)
+
+    def _call(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return with_retry(fn, *args, attempts=self.attempts, **kwargs)
+        except Exception as err:  # mlflow, sqlalchemy and sqlite3 all raise their own types
+            raise StoreError(f"{self.uri}: {name} failed ({type(err).__name__}: {first_line(err)})") from None
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.client, name)
-        return lambda *args, **kwargs: with_retry(method, *args, attempts=self.attempts, **kwargs)
+        return lambda *args, **kwargs: self._call(name, method, *args, **kwargs)
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an error message (sqlalchemy appends SQL and links)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(err).__name__
+
+
+def prepare_store(uri: str, artifact_root: str | None = None, create: bool = True, timeout: float = 600.0) -> bool:
+    """Make a sqlite store usable: create it if missing (safely), check an existing one; False if absent.
+
+    Runs under the store's lock whatever --no-lock says: creating the schema is never left to two processes.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return True
+    with store_lock(uri, timeout=timeout):
+        if not db.exists() or db.stat().st_size == 0:
+            if not create:
+                return False
+            create_store(db, artifact_root)
+        check_store(db)
+    return True
+
+
+def create_store(db: Path, artifact_root: str | None) -> None:
+    """Create the MLflow schema in a temporary file beside `db`, then rename it into place (caller holds the lock)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for leftover in db.parent.glob(f".{db.name}.*.creating"):  # a creator killed before its rename
+        leftover.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.creating")
+    root = Path(artifact_root).resolve().as_uri() if artifact_root else Path("mlruns").resolve().as_uri()
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", root)
+        store.engine.dispose()
+        os.replace(tmp, db)
+    except Exception as err:  # mlflow, sqlalchemy or the file system
+        raise StoreError(f"{db}: could not create the MLflow store ({type(err).__name__}: {first_line(err)})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}-journal").unlink(missing_ok=True)
+
+
+def check_store(db: Path) -> None:
+    """Refuse a file that is not an intact MLflow sqlite store, before anything is written to it."""
+    advice = "move it aside (or restore a backup) and rerun; a new store is created in its place"
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=60)
+        try:
+            rows = [str(row[0]) for row in con.execute("PRAGMA quick_check(3)")]
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        raise StoreError(f"{db}: not a usable sqlite database ({first_line(err)}); {advice}") from None
+    if rows != ["ok"]:
+        problems = [line.strip() for row in rows for line in row.splitlines() if line.strip() and "***" not in line]
+        raise StoreError(f"{db}: damaged (sqlite quick_check: {'; '.join(problems)[:400]}); {advice}")
+    missing = [name for name in STORE_TABLES if name not in tables]
+    if missing:
+        raise StoreError(f"{db}: not a complete MLflow store (no table {', '.join(missing)}); {advice}")
 
 
 def ensure_experiment(client: RetryingClient, name: str, artifact_root: str | None) -> str:
@@ -279,6 +365,7 @@ def evaluation_payload(path: Path, analysis: Path | None) -> dict[str, Any]:
 def cmd_init(args: argparse.Namespace) -> None:
     """Create the store schema and the experiment; write a marker JSON."""
     uri = normalise_uri(args.uri)
+    prepare_store(uri, args.artifact_root)
     with store_lock(uri, enabled=not args.no_lock):
         client = RetryingClient(uri, args.attempts)
         experiment_id = ensure_experiment(client, args.experiment, args.artifact_root)
@@ -303,6 +390,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     params = {**payload["params"], **{f"workflow.{k}": v for k, v in parse_pairs(args.param).items()}}
     if len(args.analysis) not in (0, len(args.evaluation)):
         raise SystemExit("track_mlflow: give one --analysis per --evaluation, or none")
+    prepare_store(uri, args.artifact_root)
     with store_lock(uri, enabled=not args.no_lock):
         client = RetryingClient(uri, args.attempts)
         experiment_id = ensure_experiment(client, args.experiment, args.artifact_root)
@@ -337,6 +425,9 @@ def cmd_runs(args: argparse.Namespace) -> None:
     from mlflow.entities import ViewType
 
     uri = normalise_uri(args.uri)
+    if not prepare_store(uri, create=False):
+        print("[]")
+        return
     client = RetryingClient(uri, args.attempts)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
@@ -358,12 +449,32 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Write JSON atomically."""
+    """Write JSON atomically, removing what killed writers of the same file left (this script runs on one host)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = leftover.name[len(target.name) + 2:-4]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, target)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--experiment", required=True)
         p.add_argument("--attempts", type=int, default=10, help="retries on 'database is locked'")
         p.add_argument("--no-lock", action="store_true",
-                       help="skip the lock file around sqlite writes (rely on retries alone)")
+                       help="skip the lock file around sqlite writes (rely on retries alone); creating and "
+                            "checking the store still take it")
 
     p = sub.add_parser("init", help="create the store and the experiment")
     common(p)
@@ -414,7 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except StoreError as err:
+        print(f"track_mlflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
