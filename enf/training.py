@@ -25,6 +25,7 @@ from tqdm import tqdm
 from enf import checkpoints
 from enf.config import config_hash
 from enf.data.datasets import DATASETS, load_split, split_path
+from enf.device import choose_device, pick_device  # noqa: F401  (pick_device: re-exported, its old home)
 from enf.errors import EnfError, NumericalError
 from enf.evaluation import batches, evaluate_nll, to_device
 from enf.geometry import random_orthogonal, random_rotation_2d, rotate
@@ -35,19 +36,6 @@ from enf.version import code_version
 #: Every file a run writes in its directory (the output check of `enf train` makes sure none is an input).
 RUN_FILES = ("config.yaml", "checkpoint.pt", "metrics.json", "history.csv", "training_curves.png", "state/last.pt",
              "state/best.pt")
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' means CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EnfError(f"train.device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EnfError(f"train.device is {name!r} but CUDA is not available here")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -116,7 +104,7 @@ class Trainer:
         self.progress = progress
         self.spec = DATASETS.get(cfg["dataset"])
         self.tcfg = cfg["train"]
-        self.device = pick_device(self.tcfg["device"])
+        self.device, self.device_reason = choose_device(self.tcfg["device"], "train.device")
         self.dtype = torch.float64 if self.tcfg["dtype"] == "float64" else torch.float32
         self.hash = config_hash(cfg)
 
@@ -258,7 +246,7 @@ class Trainer:
         epochs = int(self.tcfg["epochs"])
         every = int(self.tcfg["eval_every"])
         self.log(f"{self.cfg['model']['name']} on {self.cfg['dataset']}: {self.n_train} training samples, "
-                 f"{epochs} epochs, device {self.device}, code {code_version()}")
+                 f"{epochs} epochs, device {self.device} ({self.device_reason}), code {code_version()}")
         wall = sum(h["seconds"] + h.get("val_seconds", 0.0) for h in self.history)
         for epoch in range(self.start_epoch, epochs):
             row = self.train_epoch(epoch)

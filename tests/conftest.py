@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,12 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+# With a CPU-only torch on a machine whose environment gives a GPU (CUDA_VISIBLE_DEVICES, SLURM's GPU variables),
+# every `enf` run would refuse to start (enf/device.py); the tests check results, not devices, so there they run on
+# the CPU (inherited by the commands and workflows they start). tests/test_device.py clears it for its own cases.
+if torch.version.cuda is None:
+    os.environ.setdefault("ENF_ALLOW_CPU", "1")
 
 #: Modules that take minutes, longest first. scripts/run-tests.sh runs pytest-xdist without its reordering
 #: by test count (`--no-loadscope-reorder`), so these start at once on their own workers instead of last.

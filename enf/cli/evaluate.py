@@ -39,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     from enf.checkpoints import load_model
     from enf.data.datasets import DATASETS, load_split
+    from enf.device import choose_device
     from enf.errors import EnfError
     from enf.evaluation import batches, evaluate_nll
     from enf.io import check_paths, save_npz, sha256_file, write_json
-    from enf.training import pick_device
     from enf.version import code_version
 
     for option, value, minimum in (("--n", args.n, 1), ("--probes", args.probes, 1),
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         outputs["--out (its Boltzmann figure)"] = out.with_name(f"{out.stem}_boltzmann.png")
     check_paths({"--checkpoint": args.checkpoint, "--data": args.data}, outputs)
-    device = pick_device(args.device or "auto")
+    device, device_reason = choose_device(args.device or "auto", "--device")
     model, payload = load_model(args.checkpoint, device)
     cfg = payload["config"]
     spec = DATASETS.get(cfg["dataset"])
@@ -85,5 +85,5 @@ def run(args: argparse.Namespace) -> int:
                                                args.boltzmann_trace, args.seed, args.batch_size)
     write_json(args.out, result)
     print(f"NLL {result['nll']:.4f} +- {result['nll_sem']:.4f} (n={result['n']}, trace {trace}, "
-          f"{result['seconds']:.1f} s)")
+          f"{result['seconds']:.1f} s, device {device}: {device_reason})")
     return 0

@@ -24,13 +24,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from enf.checkpoints import load_model
+    from enf.device import choose_device
     from enf.io import check_paths, save_npz
-    from enf.training import pick_device
 
     require_int("--n", args.n)
     require_int("--batch-size", args.batch_size)
     check_paths({"--checkpoint": args.checkpoint}, {"--out": args.out})
-    device = pick_device(args.device or "auto")
+    device, device_reason = choose_device(args.device or "auto", "--device")
     model, _ = load_model(args.checkpoint, device)
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
@@ -46,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
     arrays = {key: np.concatenate(values) for key, values in parts.items()}
     save_npz(args.out, **arrays)
     failed = int(arrays["failed"].sum()) if "failed" in arrays else 0
-    print(f"wrote {args.n} samples to {args.out} ({failed} failed solves)")
+    print(f"wrote {args.n} samples to {args.out} ({failed} failed solves; device {device}: {device_reason})")
     return 0

@@ -179,8 +179,9 @@ def test_cancelled_training_fails_then_resumes_from_its_checkpoint(slurm_smoke: 
                       'batch_size: 100}\n')
     run_dir = workdir / smoke_checks.out / "runs" / "dw4" / "enf" / "n100" / "seed0"
     target = str((run_dir / "metrics.json").relative_to(workdir))
-    args = ["--configfile", str(smoke_checks.config), str(longer), "--retries", "0", "--jobs", "1", *FAST_STATUS, "--",
-            target]
+    # no resubmission (the profile resubmits training up to 10 times: --preemptible-retries), so the failure shows
+    args = ["--configfile", str(smoke_checks.config), str(longer), "--retries", "0", "--preemptible-retries", "0",
+            "--jobs", "1", *FAST_STATUS, "--", target]
     state = run_dir / "state" / "last.pt"
     t0 = time.time()
     proc = slurm_snakemake(workdir, slurm_partition, smoke_checks, *args, popen=True)
