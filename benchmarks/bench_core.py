@@ -5,8 +5,8 @@ Usage: python benchmarks/bench_core.py [--iters 5] [--compile] [--threads 2] [--
                                        [--authors EN_FLOWS_CHECKOUT]
 Prints a table and writes benchmarks/results/core.csv. Data default to Gaussian blobs of the data's scale;
 pass MCMC data folders to time iterations on real configurations. With --authors, the authors' code is timed
-in the same process on the same batches (fair on a shared machine); otherwise their figures from issue 2 are
-used (measured here earlier, on an idle machine).
+in the same process on the same batches (fair on a shared machine); otherwise their figures measured here earlier
+(on an idle machine) are used.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from enf.data.datasets import DATASETS, load_split
 from enf.geometry import remove_mean
 from enf.models import build_model
 
-# Measured here with the authors' code (issue 2 / performance.md): seconds per iteration at initialisation.
+# Measured here earlier with the authors' code (vgsatorras/en_flows, commit 2fd18bf): seconds per iteration
+# at initialisation.
 AUTHORS_LABEL = "authors' code (adjoint)"
 AUTHORS = {"dw4 train iteration": 0.43, "lj13 train iteration": 3.7, "dw4 exact NLL, 1000 samples": 9.0}
 
@@ -132,7 +133,7 @@ def main() -> None:
     for row in rows:
         ref = measured.get(row["task"], AUTHORS.get(row["task"]))
         row["authors_seconds"] = round(ref, 4)
-        row["authors_source"] = "measured beside" if row["task"] in measured else "issue 2 figure"
+        row["authors_source"] = "measured beside" if row["task"] in measured else "earlier measurement"
         row["speedup_vs_authors"] = round(ref / row["seconds"], 2) if ref else None
         row["threads"] = args.threads
         row["machine"] = platform.processor() or platform.machine()

@@ -7,9 +7,9 @@ Run single-threaded for a per-core comparison:  OMP_NUM_THREADS=1 python benchma
 
 With --authors EN_FLOWS_CHECKOUT (a clone of vgsatorras/en_flows) the authors' own code evaluates the same test
 molecules with the same released weights in this process, timed in turns with enf (benchmarks/authors_qm9.py);
-without it, their time is the figure quoted in issue 11. --eval-subset picks the molecules: a seeded random draw
-from the test split (default; the same molecules as `enf evaluate --n N --seed S`) or its first N, which are
-small molecules because the split is stored in size order.
+without it, the time their code took on one core of this machine kind when measured earlier. --eval-subset
+picks the molecules: a seeded random draw from the test split (default; the same molecules as `enf evaluate --n N
+--seed S`) or its first N, which are small molecules because the split is stored in size order.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "resources" / "pretrained" / "en_flows_qm9"
 #: The authors' code on one core of this machine kind, per batch of 128 QM9 test molecules (one Gaussian
-#: Hutchinson probe, dopri5 1e-4, about 160 function evaluations per solve), as stated in issue 11 (measured
-#: with their repository, vgsatorras/en_flows); the fallback when --authors does not measure them here.
+#: Hutchinson probe, dopri5 1e-4, about 160 function evaluations per solve), as measured earlier
+#: with their repository, vgsatorras/en_flows at commit 2fd18bf; the fallback when --authors does not
+#: measure them here.
 AUTHORS_EVAL_SECONDS = (270.0, 500.0)
 EVAL_BATCH = 128
 
@@ -165,7 +166,7 @@ def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool, subset: str 
         lo, hi = AUTHORS_EVAL_SECONDS
         rows.append({"measurement": "authors' code, 128 test molecules (quoted)", "value": lo,
                      "unit": "s/batch of 128", "wall_s": None, "cpu_s": None, "nfe": 160,
-                     "notes": f"{lo:.0f} to {hi:.0f} s on one core (issue 11), same estimator and tolerance"})
+                     "notes": f"{lo:.0f} to {hi:.0f} s on one core (measured earlier), same estimator and tolerance"})
     return rows
 
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-rounds", type=int, default=1, help="evaluation rounds timed in turns (median)")
     parser.add_argument("--authors", type=Path, default=None, metavar="CHECKOUT",
                         help="a checkout of vgsatorras/en_flows: time their evaluation of the same molecules beside "
-                             f"enf's (otherwise their time quoted in issue 11, {AUTHORS_EVAL_SECONDS[0]:.0f} s)")
+                             f"enf's (otherwise their earlier measured time, {AUTHORS_EVAL_SECONDS[0]:.0f} s)")
     parser.add_argument("--adjoint", choices=("config", "on", "off"), default="config",
                         help="training gradients: the QM9 config's choice, adjoint, or direct back-propagation")
     parser.add_argument("--seed", type=int, default=0)

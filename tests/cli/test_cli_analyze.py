@@ -121,7 +121,8 @@ def test_out_must_be_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 @pytest.fixture(scope="session")
 def qm9_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The real QM9 and QM9-positional splits, prepared once per session from the qm9pack tables."""
-    qm9 = pytest.importorskip("enf.data.qm9")
+    from enf.data import qm9
+
     try:
         qm9.qm9pack_data_dir()
     except EnfError as err:

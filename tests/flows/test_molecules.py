@@ -170,7 +170,6 @@ def test_sample_batches_sizes_and_flags_failed_solves(monkeypatch: pytest.Monkey
 
 
 def test_gnf_att_aug_runs_on_qm9() -> None:
-    pytest.importorskip("enf.networks.gnf")
     data = molecules([3, 5, 8])
     flow = initialised(tiny_flow("gnf_att_aug"), data)
     out = flow.nll(data)

@@ -1,4 +1,4 @@
-# Beyond the paper (issue 7): Boltzmann-generator evaluation of every DW4/LJ13 run (`enf evaluate --boltzmann N`:
+# Beyond the paper: Boltzmann-generator evaluation of every DW4/LJ13 run (`enf evaluate --boltzmann N`:
 # reverse ESS from N model samples, forward ESS on the test split, energy and pair-distance histograms as numbers
 # and a figure) and a table of the ESS figures. Switched on by `boltzmann.enabled`.
 

@@ -1,4 +1,4 @@
-# Beyond the paper (issue 7): the `flow_matching` switch adds rows trained by flow matching (enf train
+# Beyond the paper: the `flow_matching` switch adds rows trained by flow matching (enf train
 # --objective flow_matching) to the tables of the chosen experiments, beside the paper's rows. Included BEFORE
 # common.smk: it only extends `config` (models and experiments.<ds>.models), so every rule, table, tracking and
 # named target of the workflow treats the new rows like any other model.

@@ -1,5 +1,5 @@
-"""The table of effective sample sizes (issue 7): reverse ESS from model samples and forward ESS on test data, in
-percent, mean and sample standard deviation over seeds, for every DW4/LJ13 run of the configuration, plus the
+"""The table of effective sample sizes (beyond the paper): reverse ESS from model samples and forward ESS on test
+data, in percent, mean and sample standard deviation over seeds, for every DW4/LJ13 run of the configuration, plus the
 Jensen-Shannon divergence of the samples' energy histogram from the data's and log Z estimates.
 
 Run by Snakemake (rule `ess_table`, via `script:`) or by hand:
