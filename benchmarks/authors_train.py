@@ -105,7 +105,8 @@ def run(checkout: Path, dataset: str, data_dir: Path, n_train: int, model: str, 
         start, cpu = time.perf_counter(), time.process_time()
         try:
             os.chdir(work)
-            with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+            # Line-buffered: a run killed part-way keeps every evaluation it printed.
+            with open(log_path, "w", buffering=1) as log, contextlib.redirect_stdout(log):
                 runpy.run_path("main_dw4_lj13.py", run_name="__main__")
         finally:
             os.chdir(cwd)

@@ -96,8 +96,9 @@ class Trainer:
     """Train the model of `cfg` on `data_dir`, writing everything under `out_dir`."""
 
     def __init__(self, cfg: dict[str, Any], data_dir: str | Path, out_dir: str | Path,
-                 progress: bool = True) -> None:
+                 progress: bool = True, test: bool = True) -> None:
         self.cfg = cfg
+        self.test = test  # False: the test split is left to `enf evaluate` (the workflow evaluates it once)
         self.data_dir = Path(data_dir)
         self.out = Path(out_dir)
         self.state_dir = self.out / "state"
@@ -115,7 +116,8 @@ class Trainer:
         n = self.tcfg["n_train"]
         self.train_data = load_split(self.spec, split_path(self.data_dir, "train"), n, self.dtype)
         self.valid_data = load_split(self.spec, split_path(self.data_dir, "valid"), None, self.dtype)
-        self.test_data = load_split(self.spec, split_path(self.data_dir, "test"), None, self.dtype)
+        self.test_data = (load_split(self.spec, split_path(self.data_dir, "test"), None, self.dtype)
+                          if self.test else None)
         self.n_train = self.train_data["positions"].shape[0]
         if self.n_train < self.tcfg["batch_size"]:
             raise EnfError(f"train.batch_size {self.tcfg['batch_size']} exceeds the {self.n_train} training "
@@ -271,8 +273,9 @@ class Trainer:
             self.best = {"epoch": -1, "val_nll": val["nll"], "val_nll_sem": val["nll_sem"]}
         else:
             self.model.load_state_dict(checkpoints.load(self.state_dir / "best.pt")["model_state"])
-        test = evaluate_nll(self.model, self.test_data, self.tcfg["eval_batch_size"],
-                            self.cfg["flow"]["trace_eval"], device=self.device)
+        test = (evaluate_nll(self.model, self.test_data, self.tcfg["eval_batch_size"],
+                             self.cfg["flow"]["trace_eval"], device=self.device) if self.test
+                else {"nll": None, "nll_sem": None, "n": None, "trace": None, "nfe_per_solve": None})
         metrics = {
             "dataset": self.cfg["dataset"], "model": self.cfg["model"]["name"], "n_train": self.n_train,
             "seed": self.tcfg["seed"], "best_epoch": self.best["epoch"], "best_val_nll": self.best["val_nll"],
@@ -294,8 +297,9 @@ class Trainer:
             training_curves(self.history, self.out / "training_curves.png",
                             f"{self.cfg['model']['name']} on {self.cfg['dataset']} (n={self.n_train})")
         write_json(self.out / "metrics.json", metrics)
-        self.log(f"done: best epoch {metrics['best_epoch']}, validation NLL {metrics['best_val_nll']:.4f}, "
-                 f"test NLL {metrics['test_nll']:.4f} +- {metrics['test_nll_sem']:.4f}")
+        tested = (f"test NLL {metrics['test_nll']:.4f} +- {metrics['test_nll_sem']:.4f}" if self.test
+                  else "test split left to `enf evaluate`")
+        self.log(f"done: best epoch {metrics['best_epoch']}, validation NLL {metrics['best_val_nll']:.4f}, {tested}")
         return metrics
 
 
@@ -319,6 +323,7 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
             writer.writerow(row)
 
 
-def train(cfg: dict[str, Any], data_dir: str | Path, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the run of `cfg`; return its metrics."""
-    return Trainer(cfg, data_dir, out_dir, progress).run()
+def train(cfg: dict[str, Any], data_dir: str | Path, out_dir: str | Path, progress: bool = True,
+          test: bool = True) -> dict[str, Any]:
+    """Train (or resume) the run of `cfg`; return its metrics (with the test NLL of the selection if `test`)."""
+    return Trainer(cfg, data_dir, out_dir, progress, test).run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,6 +35,22 @@ def test_run_writes_results(dw4_dir: Path, tmp_path: Path) -> None:
     payload = checkpoints.load(run / "checkpoint.pt")
     assert payload["epoch"] == saved["best_epoch"] and payload["config"]["dataset"] == "dw4"
     assert "code_version" in payload and saved["code_version"].startswith("enf ")
+
+
+def test_no_test_leaves_the_test_split_unread(dw4_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The workflow's runs leave the test split to `enf evaluate`: read and evaluated once per run, not twice."""
+    import enf.training
+
+    calls = []
+    real = enf.training.evaluate_nll
+    monkeypatch.setattr(enf.training, "evaluate_nll", lambda model, data, *a, **k: calls.append(len(
+        data["positions"])) or real(model, data, *a, **k))
+    metrics = train(_cfg(epochs=1), dw4_dir, tmp_path / "run", progress=False, test=False)
+    assert metrics["test_nll"] is None and metrics["test_n"] is None and metrics["best_val_nll"] is not None
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_nll"] is None
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and calls  # validation ran, on the validation split
+    n_valid = len(np.load(dw4_dir / "valid.npz")["positions"])
+    assert set(calls) == {n_valid}
 
 
 def test_killed_run_resumes_to_the_same_result(dw4_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any, NoReturn
 
 from enf.cli.common import add_device, require_int
-from enf.config import load_yaml, parse_set, resolve
+from enf.config import OBJECTIVES, load_yaml, parse_set, resolve
 from enf.errors import EnfError
 
 
@@ -21,13 +21,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--epochs", type=int, default=None, help="override the protocol's budget")
-    p.add_argument("--objective", choices=("likelihood", "flow_matching"), default=None,
+    p.add_argument("--objective", choices=OBJECTIVES, default=None,
                    help="training objective (default: maximum likelihood)")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="partial config merged over defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. train.lr=1e-3 (repeatable)")
     add_device(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-test", action="store_true",
+                   help="do not evaluate the test split at the end (leave it to `enf evaluate`, as the workflow does)")
     p.set_defaults(func=run)
 
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     check_paths({"--data": [args.data, *(split_path(args.data, s) for s in SPLITS)], "--config": args.config},
                 dirs={"--out": (args.out, RUN_FILES)})
     cfg = resolved_config(args)
-    train(cfg, args.data, args.out, progress=not args.no_progress)
+    train(cfg, args.data, args.out, progress=not args.no_progress, test=not args.no_test)
     return 0
 
 

@@ -265,7 +265,7 @@ def train_arg_list(wc):
     mcfg = MODELS[wc.model]
     budget = exp.get("budgets", {}).get(wc.n_train, {})
     args = ["--dataset", wc.dataset, "--model", mcfg.get("model", wc.model), "--data", data_dir(wc.dataset),
-            "--seed", wc.seed, "--no-progress"]
+            "--seed", wc.seed, "--no-progress", "--no-test"]  # the evaluate rule measures the test split
     if wc.n_train != "all":
         args += ["--n-train", wc.n_train]
     if "epochs" in budget:
