@@ -47,6 +47,7 @@ def _meta(table: str, experiments: dict, seeds: list[int]) -> dict:
 def test_table1_mean_std_paper_diff_and_not_run(tmp_path: Path) -> None:
     manifest = [_cell(tmp_path, "dw4", "enf", "E-NF", "100", s, v) for s, v in ((0, 8.0), (1, 9.0), (2, 10.0))]
     manifest += [_cell(tmp_path, "dw4", "gnf", "GNF", "100", 0, None)]
+    manifest += [_cell(tmp_path, "dw4", "gnf_att", "GNF-att", "100", s, v) for s, v in ((0, 11.0), (1, 12.0))]
     exps = {"dw4": {"n_train": ["100"], "budgets": {"100": {"epochs": 2, "eval_every": 1, "batch_size": 100}},
                     "evaluate": {"n": 40}, "sample": None}}
     protocol = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -59,7 +60,8 @@ def test_table1_mean_std_paper_diff_and_not_run(tmp_path: Path) -> None:
     gnf = agg[agg["model"] == "gnf"].iloc[0]
     assert gnf["status"] == "not run" and pd.isna(gnf["mean"])
     md = Path(f"{out}.md").read_text()
-    assert "9.00 ± 1.00 (8.31; +0.69)" in md
+    assert "9.00 ± 1.00 (8.31; +0.69) |" in md  # all three seeds: no mark
+    assert "11.50 ± 0.71 (11.65; −0.15) [2 of 3 seeds]" in md  # a cell whose third seed has not finished
     assert "not run (11.93)" in md
     assert "REDUCED unit-test budget" in md and "Configuration: unit" in md
     assert "2 epoch(s) instead of the protocol's 1000" in md

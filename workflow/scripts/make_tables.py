@@ -285,6 +285,9 @@ def cell_text(row: pd.Series | None, decimals: int, tex: bool = False) -> str:
     if not math.isnan(row["paper"]):
         sign = "+" if row["diff"] >= 0 else "−" if not tex else "-"
         text += f" ({fmt(row['paper'], decimals)}; {sign}{fmt(abs(row['diff']), decimals)})"
+    expected = row.get("seeds_expected")
+    if expected is not None and not pd.isna(expected) and 0 < row["n_seeds"] < expected:
+        text += f" [{int(row['n_seeds'])} of {int(expected)} seeds]"
     return text
 
 
@@ -324,8 +327,8 @@ def footer(meta: dict[str, Any], agg: pd.DataFrame, devs: list[str], code_versio
     seeds = ", ".join(map(str, meta["seeds"]))
     lines.append(f"Cells: mean ± sample standard deviation over {n_seeds} seed(s) ({seeds})"
                  + (" (one seed: no standard deviation)" if n_seeds == 1 else "")
-                 + "; in brackets the paper's value and ours − paper; 'not run (x)': no measurement here, "
-                   "x the paper's.")
+                 + "; in brackets the paper's value and ours − paper; '[k of n seeds]': only k seeds finished; "
+                   "'not run (x)': no measurement here, x the paper's.")
     nll = agg[(agg["metric"] == "nll") & (agg["status"] == "measured")]
     if (agg["status"] == "floor").any():
         lines.append(f"{FLOOR_METHOD}: the lowest expected test NLL any model can reach, H = <E> + log Z of the "
@@ -395,6 +398,7 @@ def make_table(manifest: list[dict[str, Any]], meta: dict[str, Any], paper_csv: 
     agg.insert(0, "table", table)
     agg["config_name"] = meta["config_name"]
     agg["budget"] = meta["budget_note"]
+    agg["seeds_expected"] = len(meta["seeds"])
     devs = deviations(meta, protocol)
     versions = set()
     for rec in manifest:
