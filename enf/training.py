@@ -2,6 +2,7 @@
 
 Run directory layout:
   config.yaml, checkpoint.pt (selected model), metrics.json, history.csv, training_curves.png  (results)
+  history_steps.csv (one row per iteration and per validation, appended as training goes: see enf/history.py)
   state/last.pt (resumable state, rewritten every epoch), state/best.pt (weights of the best epoch so far)
 """
 
@@ -29,13 +30,14 @@ from enf.device import choose_device, pick_device  # noqa: F401  (pick_device: r
 from enf.errors import EnfError, NumericalError
 from enf.evaluation import batches, evaluate_nll, to_device
 from enf.geometry import random_orthogonal, random_rotation_2d, rotate
+from enf.history import STEP_FILE, StepHistory, read_steps
 from enf.io import atomic_path, write_json
 from enf.models import build_model
 from enf.version import code_version
 
 #: Every file a run writes in its directory (the output check of `enf train` makes sure none is an input).
-RUN_FILES = ("config.yaml", "checkpoint.pt", "metrics.json", "history.csv", "training_curves.png", "state/last.pt",
-             "state/best.pt")
+RUN_FILES = ("config.yaml", "checkpoint.pt", "metrics.json", "history.csv", STEP_FILE, "training_curves.png",
+             "state/last.pt", "state/best.pt")
 
 
 def seed_everything(seed: int) -> None:
@@ -134,14 +136,16 @@ class Trainer:
         flow_params = getattr(self.model, "flow_parameters", None)
         self.clip_params = list(flow_params() if flow_params else self.model.parameters())
         self.start_epoch = 0
+        self.step = 0  # optimiser steps done (the global iteration)
         self.history: list[dict[str, Any]] = []
+        self.steps = StepHistory(self.out / STEP_FILE)
         self.best: dict[str, Any] = {"epoch": None, "val_nll": math.inf}
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_state(self, epoch_done: int) -> None:
         checkpoints.save(self.state_dir / "last.pt", {
             "format": checkpoints.FORMAT, "config_hash": self.hash, "config": self.cfg,
-            "epoch": epoch_done, "model_state": self.model.state_dict(),
+            "epoch": epoch_done, "step": self.step, "model_state": self.model.state_dict(),
             "optimizer_state": self.optimizer.state_dict(), "best": checkpoints.plain(self.best),
             "history": checkpoints.plain(self.history), "rng": rng_state(),
             "clip_queue": [float(v) for v in self.clipper.queue] if self.clipper else None,
@@ -169,6 +173,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer_state"])
             self.best, self.history = checkpoints.plain(state["best"]), checkpoints.plain(state["history"])
             self.start_epoch = int(state["epoch"])
+            self.step = int(state.get("step", sum(int(h["steps"]) for h in self.history)))
             if self.clipper and state.get("clip_queue"):
                 self.clipper.queue.extend(float(v) for v in state["clip_queue"])
             set_rng_state(state["rng"])
@@ -187,7 +192,7 @@ class Trainer:
         weight = float(self.cfg["flow"]["regularization"])
         sums = {"loss": 0.0, "nll": 0.0, "reg": 0.0, "nfe": 0.0, "grad_norm": 0.0, "clipped": 0}
         steps = 0
-        start = time.perf_counter()
+        start = step_start = time.perf_counter()
         bar = tqdm(batches(self.train_data, self.tcfg["batch_size"], order, drop_last=True),
                    desc=f"epoch {epoch}", leave=False, disable=not self.progress, mininterval=2.0)
         for batch in bar:
@@ -215,14 +220,24 @@ class Trainer:
                 sums["clipped"] += int(clipped)
             else:
                 norm = float(torch.nn.utils.clip_grad_norm_(self.clip_params, math.inf))
+                clipped = False
             if not math.isfinite(norm):
                 raise NumericalError(f"non-finite gradient norm at epoch {epoch}, step {steps}")
             self.optimizer.step()
             steps += 1
-            for key, value in (("loss", loss), ("nll", nll), ("reg", reg)):
-                sums[key] += float(value.detach())
-            sums["nfe"] += self.model.cnf.last_nfe if self.tcfg["objective"] == "likelihood" else 0
+            self.step += 1
+            values = {key: float(value.detach()) for key, value in (("loss", loss), ("nll", nll), ("reg", reg))}
+            for key, value in values.items():
+                sums[key] += value
+            nfe = self.model.cnf.last_nfe if self.tcfg["objective"] == "likelihood" else 0
+            sums["nfe"] += nfe
             sums["grad_norm"] += norm
+            now = time.perf_counter()
+            self.steps.append({"step": self.step, "epoch": epoch, "time": time.time(), "train_loss": values["loss"],
+                               "train_nll": values["nll"], "train_reg": values["reg"], "nfe": nfe, "grad_norm": norm,
+                               "clipped": int(clipped), "lr": self.optimizer.param_groups[0]["lr"],
+                               "seconds": now - step_start})
+            step_start = now
             bar.set_postfix(nll=f"{float(nll.detach()):.3f}", nfe=self.model.cnf.last_nfe)
         return {"epoch": epoch, "train_loss": sums["loss"] / steps, "train_nll": sums["nll"] / steps,
                 "train_reg": sums["reg"] / steps, "nfe": sums["nfe"] / steps,
@@ -250,12 +265,19 @@ class Trainer:
         self.log(f"{self.cfg['model']['name']} on {self.cfg['dataset']}: {self.n_train} training samples, "
                  f"{epochs} epochs, device {self.device} ({self.device_reason}), code {code_version()}")
         wall = sum(h["seconds"] + h.get("val_seconds", 0.0) for h in self.history)
+        kept = self.steps.start(self.step if resumed else None)
+        if resumed and kept != self.step:
+            self.log(f"{self.steps.path} holds {kept} of the {self.step} iterations before the resume point (lost, "
+                     "or not recorded by the version that trained them)")
         for epoch in range(self.start_epoch, epochs):
             row = self.train_epoch(epoch)
             if epoch % every == 0 or epoch == epochs - 1 and self.best["epoch"] is None:
                 val = self.validate()
                 row.update(val_nll=val["nll"], val_nll_sem=val["nll_sem"], val_seconds=val["seconds"],
                            val_nfe=val["nfe_per_solve"])
+                self.steps.append({"step": self.step, "epoch": epoch, "time": time.time(), "val_nll": val["nll"],
+                                   "val_nll_sem": val["nll_sem"], "val_nfe": val["nfe_per_solve"],
+                                   "val_seconds": val["seconds"]})
                 if val["nll"] < self.best["val_nll"]:
                     self.best = {"epoch": epoch, "val_nll": val["nll"], "val_nll_sem": val["nll_sem"]}
                     checkpoints.save(self.state_dir / "best.pt", {"format": checkpoints.FORMAT,
@@ -295,7 +317,8 @@ class Trainer:
             from enf.figures import training_curves
 
             training_curves(self.history, self.out / "training_curves.png",
-                            f"{self.cfg['model']['name']} on {self.cfg['dataset']} (n={self.n_train})")
+                            f"{self.cfg['model']['name']} on {self.cfg['dataset']} (n={self.n_train})",
+                            steps=read_steps(self.steps.path))
         write_json(self.out / "metrics.json", metrics)
         tested = (f"test NLL {metrics['test_nll']:.4f} +- {metrics['test_nll_sem']:.4f}" if self.test
                   else "test split left to `enf evaluate`")

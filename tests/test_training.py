@@ -12,7 +12,8 @@ import torch
 from enf import checkpoints
 from enf.config import resolve
 from enf.errors import NumericalError
-from enf.training import AdaptiveClipper, Trainer, train
+from enf.history import StepHistory, read_steps, rows_through
+from enf.training import AdaptiveClipper, train
 
 SETS = {"train": {"batch_size": 16, "eval_every": 1, "eval_batch_size": 32},
         "model": {"hidden_nf": 8, "n_layers": 1}, "flow": {"rtol": 1e-3, "atol": 1e-3}}
@@ -35,6 +36,13 @@ def test_run_writes_results(dw4_dir: Path, tmp_path: Path) -> None:
     payload = checkpoints.load(run / "checkpoint.pt")
     assert payload["epoch"] == saved["best_epoch"] and payload["config"]["dataset"] == "dw4"
     assert "code_version" in payload and saved["code_version"].startswith("enf ")
+    rows = read_steps(run / "history_steps.csv")  # per iteration (2 per epoch) and per validation
+    assert [(r["step"], r["epoch"], "val_nll" in r) for r in rows] == [
+        (1, 0, False), (2, 0, False), (2, 0, True), (3, 1, False), (4, 1, False), (4, 1, True),
+        (5, 2, False), (6, 2, False), (6, 2, True)]
+    assert all(r["nfe"] > 0 and r["grad_norm"] > 0 and r["lr"] > 0 and r["seconds"] > 0 and r["time"] > 1e9
+               for r in rows if "train_loss" in r)
+    assert all(r["val_nfe"] > 0 for r in rows if "val_nll" in r)
 
 
 def test_no_test_leaves_the_test_split_unread(dw4_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -56,23 +64,52 @@ def test_no_test_leaves_the_test_split_unread(dw4_dir: Path, tmp_path: Path, mon
 def test_killed_run_resumes_to_the_same_result(dw4_dir: Path, tmp_path: Path, monkeypatch) -> None:
     reference = train(_cfg(), dw4_dir, tmp_path / "reference", progress=False)
 
-    original = Trainer.train_epoch
+    original = StepHistory.append
 
-    def dying(self: Trainer, epoch: int) -> dict:
-        if epoch == 2:
-            raise KeyboardInterrupt  # as if killed during the third epoch
-        return original(self, epoch)
+    def dying(self: StepHistory, row: dict) -> None:
+        original(self, row)
+        if row["step"] == 5:
+            raise KeyboardInterrupt  # as if killed during the third epoch, after its first iteration
 
-    monkeypatch.setattr(Trainer, "train_epoch", dying)
+    monkeypatch.setattr(StepHistory, "append", dying)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(), dw4_dir, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "metrics.json").exists()
-    assert checkpoints.load(tmp_path / "run" / "state" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    state = checkpoints.load(tmp_path / "run" / "state" / "last.pt")
+    assert state["epoch"] == 2 and state["step"] == 4
+    assert read_steps(tmp_path / "run" / "history_steps.csv")[-1]["step"] == 5  # to be redone
+    monkeypatch.setattr(StepHistory, "append", original)
     resumed = train(_cfg(), dw4_dir, tmp_path / "run", progress=False)
     assert resumed["epochs"] == 3
     assert resumed["best_val_nll"] == pytest.approx(reference["best_val_nll"], abs=1e-9)
     assert resumed["test_nll"] == pytest.approx(reference["test_nll"], abs=1e-9)
+    # The per-iteration history: the rows after the saved state replaced by the resumed run's, as if never killed.
+    timing = ("time", "seconds", "val_seconds")
+    got, want = (read_steps(tmp_path / d / "history_steps.csv") for d in ("run", "reference"))
+    assert len(got) == len(want) == 9
+    for row, expected in zip(got, want):
+        assert sorted(row) == sorted(expected)
+        assert {k: v for k, v in row.items() if k not in timing} == pytest.approx(
+            {k: v for k, v in expected.items() if k not in timing}, abs=1e-9)
+
+
+def test_the_resume_rule_keeps_the_rows_of_the_saved_state(tmp_path: Path) -> None:
+    """A state saved at step S accounts for the iterations up to S and for the validation after S."""
+    rows = [{"step": 1}, {"step": 2}, {"step": 2, "val_nll": 1.0}, {"step": 3}, {"step": 4},
+            {"step": 4, "val_nll": 0.5}]
+    assert rows_through(rows, 2) == rows[:3]
+    assert rows_through(rows, 4) == rows
+    assert rows_through(rows, 0) == []
+    history = StepHistory(tmp_path / "history_steps.csv")
+    assert history.start(None) == 0
+    for row in rows[:5]:
+        history.append({**row, "epoch": 0, "time": 1.5, "train_loss": 2.0} if "val_nll" not in row else row)
+    with open(history.path, "a") as handle:
+        handle.write("4,1,9.5,,,,,,,,,0.5")  # a line cut short by a kill is never a row, whatever its step
+    before = history.path.read_text().splitlines()
+    assert history.start(4) == 4
+    assert history.path.read_text().splitlines() == before[:-1]
+    assert history.start(2) == 2 and [r["step"] for r in read_steps(history.path)] == [1, 2, 2]
 
 
 def test_resume_refuses_a_different_config(dw4_dir: Path, tmp_path: Path) -> None:

@@ -375,6 +375,13 @@ def label_of(model):
 MLFLOW_ARGS = (f"--uri {shlex.quote(MLFLOW['tracking_uri'])} --experiment {shlex.quote(MLFLOW_EXPERIMENT)} "
                f"--attempts {MLFLOW['attempts']}")
 TRACK = f"{PY} {shlex.quote(str(SCRIPTS / 'track_mlflow.py'))}"
+# The live watcher of a training job (`track_mlflow.py live`), started by the train rule beside `enf train`. A global,
+# not a param: its settings (store, interval) may change without rerunning trainings.
+if MLFLOW["enabled"] and MLFLOW["live"]:
+    TRACK_LIVE = (f"{TRACK} live {MLFLOW_ARGS} --artifact-root {shlex.quote(MLFLOW['artifact_root'])} "
+                  f"--interval {MLFLOW['live_interval']}")
+else:
+    TRACK_LIVE = f"{TRACK} live --off {MLFLOW_ARGS}"
 
 
 def track_inputs(wc):
@@ -394,6 +401,24 @@ def track_inputs(wc):
     return files
 
 
+def job_key(wc):
+    """What identifies a cell's training job in MLflow (tag job_key): one live run per key."""
+    return f"{CONFIG_NAME}:{wc.dataset}/{wc.model}/n{wc.n_train}/seed{wc.seed}"
+
+
+def run_name(wc):
+    return f"{CONFIG_NAME}/{wc.dataset}/{wc.model}/n{wc.n_train}/seed{wc.seed}"
+
+
+def live_args(wc):
+    """The live watcher's arguments of a cell: run name, job key and the tags that do not change with the config."""
+    wildcards = f"dataset={wc.dataset},model={wc.model},n_train={wc.n_train},seed={wc.seed}"
+    tags = {"config_name": CONFIG_NAME, "dataset": wc.dataset, "model": wc.model, "n_train": wc.n_train,
+            "seed": wc.seed, "wildcards": wildcards}
+    args = ["--name", run_name(wc), "--job-key", job_key(wc)] + [f"--tag={k}={v}" for k, v in tags.items()]
+    return " ".join(shlex.quote(a) for a in args)
+
+
 def track_args(wc, input):
     """Tags, params and attachments of the MLflow runs of one cell."""
     ds, m, n, s = wc.dataset, wc.model, wc.n_train, wc.seed
@@ -403,8 +428,8 @@ def track_args(wc, input):
             "outdir": OUT}
     args = [f"--tag={k}={v}" for k, v in tags.items()]
     args += [f"--param=config_name={CONFIG_NAME}", f"--param=budget_note={config['budget_note']}"]
-    args += ["--run-dir", str(Path(input.run).parent), "--name", f"{CONFIG_NAME}/{ds}/{m}/n{n}/seed{s}",
-             "--job-key", f"{CONFIG_NAME}:{ds}/{m}/n{n}/seed{s}", "--evaluation", input.evaluation,
+    args += ["--run-dir", str(Path(input.run).parent), "--name", run_name(wc),
+             "--job-key", job_key(wc), "--evaluation", input.evaluation,
              "--rule", "import_pretrained" if m == PRETRAINED else "train"]
     if "analysis" in input.keys():
         args += ["--analysis", input.analysis]

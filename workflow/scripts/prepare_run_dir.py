@@ -4,7 +4,9 @@
 records a key (a hash of the job's `enf train` arguments and the enf source hash) in RUN_DIR/state.key. Before
 each training job this script compares keys: the same key keeps the state (an interrupted job resumes); a
 different or missing key moves RUN_DIR/state to RUN_DIR/state.stale (replacing an older one), so that a changed
-model starts afresh instead of failing.
+model starts afresh instead of failing. A training that will not resume (no RUN_DIR/state/last.pt left) loses its
+per-iteration history RUN_DIR/history_steps.csv too, so that nothing (the MLflow watcher) reads an earlier
+training's rows as this one's.
 Usage: prepare_run_dir.py --run-dir RUN_DIR --key KEY
 """
 
@@ -32,6 +34,8 @@ def prepare(run_dir: Path, key: str) -> str:
             state.rename(stale)
             action = "stale"
     key_file.write_text(key + "\n")
+    if not (state / "last.pt").is_file():
+        (run_dir / "history_steps.csv").unlink(missing_ok=True)
     return action
 
 
