@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from enf.config import TRACES
 from enf.energies import PairEnergy, make_energy
 from enf.errors import EnfError, NumericalError
 from enf.flows.distributions import com_free_gaussian_log_prob, sample_com_free_gaussian
@@ -31,7 +32,6 @@ from enf.geometry import remove_mean
 from enf.metrics.distances import js_divergence
 
 BOLTZMANN_DATASETS = ("dw4", "lj13")
-TRACES = ("exact", "hutchinson")
 ENERGY_BINS = 80
 DISTANCE_BINS = 100
 

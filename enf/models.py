@@ -6,18 +6,13 @@ from typing import Any
 
 from torch import nn
 
-import enf.networks.egnn  # noqa: F401  (registers "enf")
+import enf.networks.egnn  # noqa: F401  (the vector fields register themselves on import)
+import enf.networks.gnf  # noqa: F401
+import enf.networks.pair_dynamics  # noqa: F401
 from enf.data.datasets import DATASETS
 from enf.flows.cnf import CNF
 from enf.flows.particles import ParticleFlow
 from enf.networks.base import VECTOR_FIELDS
-
-for _optional in ("enf.networks.gnf", "enf.networks.pair_dynamics"):
-    try:  # baselines register themselves on import
-        __import__(_optional)
-    except ModuleNotFoundError as _err:
-        if _err.name != _optional:
-            raise
 
 __all__ = ["VECTOR_FIELDS", "build_model"]
 

@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"enf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"enf.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"enf.cli.{name}":
-                continue  # a sub-command still being built in this checkout
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(f"enf.cli.{name}").add_parser(subparsers)
     return parser
 
 

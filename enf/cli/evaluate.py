@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from enf.cli.common import add_device, require_int
+from enf.config import TRACES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -13,7 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--data", required=True, metavar="FILE.npz")
     p.add_argument("--out", required=True, metavar="FILE.json")
-    p.add_argument("--trace", choices=("exact", "hutchinson"), default=None,
+    p.add_argument("--trace", choices=TRACES, default=None,
                    help="default: the run's flow.trace_eval")
     p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample (averaged)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -29,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--boltzmann", type=int, default=0, metavar="N",
                    help="DW4/LJ13: also reverse ESS from N model samples, forward ESS on the data, energy and "
                         "pair-distance histograms (JSON key 'boltzmann', figure OUT_boltzmann.png)")
-    p.add_argument("--boltzmann-trace", choices=("exact", "hutchinson"), default="exact",
+    p.add_argument("--boltzmann-trace", choices=TRACES, default="exact",
                    help="trace for the model's log-density in the Boltzmann evaluation (default: exact)")
     p.set_defaults(func=run)
 

@@ -90,11 +90,6 @@ else:
     CODE = DATA_CODE = "not tracked (rerun_on_code_change: false)"
 
 
-def enf_has_command(module):
-    """True when this checkout's enf CLI has the sub-command module enf/cli/<module>.py."""
-    return (_enf_dir() / "cli" / f"{module}.py").is_file()
-
-
 # -- configuration access and cross-checks ------------------------------------------------------------------
 
 EXPERIMENTS = config["experiments"]
@@ -135,11 +130,10 @@ def pretrained_enabled():
     pre = config["pretrained"]
     if "qm9" not in EXPERIMENTS or pre["enabled"] is False:
         return False
-    available = (Path(from_basedir(pre["flow"])).is_file() and Path(from_basedir(pre["dequantizer"])).is_file()
-                 and enf_has_command("import_en_flows"))
+    available = Path(from_basedir(pre["flow"])).is_file() and Path(from_basedir(pre["dequantizer"])).is_file()
     if pre["enabled"] is True and not available:
         raise WorkflowError("config: pretrained.enabled is true but the weights "
-                            f"({pre['flow']}, {pre['dequantizer']}) or `enf import-en-flows` are missing; "
+                            f"({pre['flow']}, {pre['dequantizer']}) are missing; "
                             "set pretrained.enabled to auto or false")
     return available
 
