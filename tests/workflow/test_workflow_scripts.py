@@ -132,3 +132,48 @@ def test_gpu_slot_leaves_cpu_and_slurm_jobs_alone(tmp_path: Path) -> None:
     assert _gpu_slot(tmp_path, env, 0).communicate(timeout=60)[0].strip() == ""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "7", "SLURM_JOB_ID": "1"}
     assert _gpu_slot(tmp_path, env, 0).communicate(timeout=60)[0].strip() == "7"
+
+
+def _finished_run(results: Path, ds: str, model: str, n: int, seed: int, nll: float, resumed: int | None) -> None:
+    """What the workflow leaves for one evaluated Table 1 cell: run files, evaluation, benchmarks, training log."""
+    rel = Path(ds) / model / f"n{n}" / f"seed{seed}"
+    run = results / "runs" / rel
+    run.mkdir(parents=True)
+    for name in ("config.yaml", "history.csv", "training_curves.png", "checkpoint.pt"):
+        (run / name).write_text(name)
+    (run / "metrics.json").write_text(json.dumps({"best_epoch": 7, "epochs": 10, "config_hash": "abc",
+                                                  "code_version": "enf test", "mean_nfe": 20.0}))
+    (results / "eval" / rel).mkdir(parents=True)
+    (results / "eval" / rel / "test.json").write_text(json.dumps({"nll": nll, "nll_sem": 0.1, "trace": "exact",
+                                                                  "n": 1000, "probes": 1}))
+    for kind, cpu in (("train", 100.0), ("evaluate", 5.0)):
+        (results / "benchmarks" / kind / rel).parent.mkdir(parents=True, exist_ok=True)
+        (results / "benchmarks" / kind / f"{rel}.tsv").write_text(f"s\tcpu_time\n{2 * cpu}\t{cpu}\n")
+    (results / "logs" / "train" / rel).parent.mkdir(parents=True, exist_ok=True)
+    log = f"[enf train] resuming from {run}/state/last.pt after epoch {resumed}\n" if resumed else ""
+    (results / "logs" / "train" / f"{rel}.log").write_text(log + "[enf train] done\n")
+
+
+def test_collect_cells_copies_evidence_and_tabulates_it(tmp_path: Path) -> None:
+    import collect_cells
+
+    results, out = tmp_path / "results", tmp_path / "evidence"
+    _finished_run(results, "dw4", "enf", 100, 0, 8.0, None)
+    _finished_run(results, "dw4", "enf", 100, 1, 8.2, 500)
+    _finished_run(results, "dw4", "gnf", 100, 0, 11.0, None)
+    assert collect_cells.main(["--results", str(results), "--config", str(ROOT / "config" / "config.yaml"),
+                               "--out", str(out)]) == 0
+    cells = pd.read_csv(out / "cells.csv")
+    assert list(cells.columns) == list(collect_cells.COLUMNS) and len(cells) == 3
+    resumed = cells.set_index(["model", "seed"])["resumed_after_epoch"]
+    assert resumed[("enf", 1)] == 500 and pd.isna(resumed[("enf", 0)])
+    assert (cells["train_cpu_seconds"] == 100.0).all() and (cells["wall_seconds"] == 210.0).all()
+    assert (out / "dw4/enf/n100/seed0/checkpoint.pt").is_file()  # E-NF keeps its checkpoint
+    assert not (out / "dw4/gnf/n100/seed0/checkpoint.pt").exists()  # baselines do not
+    md = (out / "table1.md").read_text()
+    assert "8.10 ± 0.14 (8.31; −0.21) [2 of 3 seeds]" in md and "11.00 (11.93; −0.93) [1 of 3 seeds]" in md
+    assert "not run (30.41)" in md and "| 16.88 |" in md
+    again = (out / "cells.csv").read_text()  # collecting again changes nothing
+    assert collect_cells.main(["--results", str(results), "--config", str(ROOT / "config" / "config.yaml"),
+                               "--out", str(out)]) == 0
+    assert (out / "cells.csv").read_text() == again

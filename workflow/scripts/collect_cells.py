@@ -4,8 +4,9 @@ For every evaluated run under RESULTS (`eval/<set>/<model>/n<N>/seed<S>/test.jso
 copies the resolved `config.yaml`, `metrics.json`, the evaluation JSON (`test.json`), `history.csv`,
 `training_curves.png` and, for the models named by --checkpoints, the selected `checkpoint.pt`, into
 OUT/<set>/<model>/n<N>/seed<S>/; writes OUT/cells.csv (one row per run, with CPU seconds from Snakemake's
-benchmark files) and renders OUT/table1.{md,csv,tex} from cells.csv with the workflow's table code, the paper's
-values, the physical floors and "not run" for every cell without a run. Cells already in OUT are kept (their
+benchmark files: a training resumed after a kill counts only its last job, and `resumed_after_epoch` says so)
+and renders OUT/table1.{md,csv,tex} from cells.csv with the workflow's table code, the paper's values, the
+physical floors and "not run" for every cell without a run. Cells already in OUT are kept (their
 files are never rewritten unless the run's checksum changed), so collecting after every finished job is cheap.
 
   python workflow/scripts/collect_cells.py --results RESULTS --config config/config.yaml \
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -33,7 +35,7 @@ import make_tables  # noqa: E402
 RUN_FILES = ("config.yaml", "metrics.json", "history.csv", "training_curves.png")
 COLUMNS = ("dataset", "model", "n_train", "seed", "test_nll", "test_nll_sem", "test_trace", "best_epoch",
            "epochs", "config_hash", "code_version", "train_cpu_seconds", "eval_cpu_seconds", "wall_seconds",
-           "mean_nfe", "machine")
+           "mean_nfe", "machine", "resumed_after_epoch")
 TABLE1_SETS = ("dw4", "lj13")
 
 
@@ -111,13 +113,22 @@ def cell_row(results: Path, target: Path, cell: tuple[str, str, str, str], where
     ev = json.loads((target / "test.json").read_text())
     rel = Path(ds) / model / f"n{n}" / f"seed{seed}"
     train, evaluate = (benchmark(results / "benchmarks" / kind / f"{rel}.tsv") for kind in ("train", "evaluate"))
+    resumed = resumed_after(results / "logs" / "train" / f"{rel}.log")
     return {"dataset": ds, "model": model, "n_train": int(n), "seed": int(seed), "test_nll": ev["nll"],
             "test_nll_sem": ev["nll_sem"], "test_trace": ev["trace"], "best_epoch": metrics["best_epoch"],
             "epochs": metrics["epochs"], "config_hash": metrics["config_hash"],
             "code_version": metrics["code_version"], "train_cpu_seconds": train.get("cpu_time"),
             "eval_cpu_seconds": evaluate.get("cpu_time"),
             "wall_seconds": (train.get("s", 0.0) + evaluate.get("s", 0.0)) or None,
-            "mean_nfe": metrics["mean_nfe"], "machine": where}
+            "mean_nfe": metrics["mean_nfe"], "machine": where, "resumed_after_epoch": resumed}
+
+
+def resumed_after(log: Path) -> int | None:
+    """The epoch after which the last training job resumed (its CPU and wall seconds cover only the rest)."""
+    if not log.is_file():
+        return None
+    found = re.search(r"resuming from \S+ after epoch (\d+)", log.read_text(errors="replace"))
+    return int(found.group(1)) if found else None
 
 
 def write_cells(out: Path, rows: list[dict[str, Any]]) -> None:
