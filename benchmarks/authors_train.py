@@ -9,7 +9,7 @@ selection rule), wall and CPU seconds. It answers "does the authors' code give o
 which tells a difference of data from a difference of code.
 
   python benchmarks/authors_train.py --authors CHECKOUT --dataset lj13 --data results/data_full/lj13 \
-      --n-train 10 --model egnn_dynamics --seed 0 --out authors_lj13_n10_seed0.json
+      --n-train 10 --model enf --seed 0 --out authors_lj13_n10_seed0.json
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ for arg in "$@"; do
     --profile|--profile=*|--executor|--executor=*|-e)
       echo "run-workflow: '$arg' does not combine with this script's local profile (profiles/local: cores, latency" \
            "and restart settings for one machine); on SLURM run '.venv-gpu/bin/snakemake --profile profiles/slurm'" \
-           "(README, 'Reproducing the tables on a SLURM cluster')" >&2
+           "(README, 'Reproducing the tables', on a SLURM cluster)" >&2
       exit 2 ;;
   esac
 done
