@@ -73,6 +73,18 @@ class SmokeChecks:
         assert len(evals) >= len(train_runs) and all(r["parent"] for r in evals)
         return train_runs
 
+    def watched_while_training(self, workdir: Path) -> None:
+        """Beside every training job the live watcher reached the store, logged its run and stopped cleanly.
+
+        Checked on local runs: in a SLURM job the end of the job may end the watcher before its last line."""
+        logs = sorted((workdir / self.out / "logs" / "train").rglob("*.log"))
+        assert logs
+        for log in logs:
+            text = log.read_text()
+            assert "[track_mlflow live] following" in text and "[track_mlflow live] stopped: run" in text, (
+                log, text[-2000:])
+            assert "[track_mlflow live] warning" not in text, (log, text[-2000:])
+
 
 @pytest.fixture(scope="session")
 def smoke_checks() -> SmokeChecks:

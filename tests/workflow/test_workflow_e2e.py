@@ -79,6 +79,7 @@ def test_smoke_makes_all_three_tables(smoke: Path, smoke_checks: SmokeChecks) ->
 
 def test_one_mlflow_run_per_training_job(smoke: Path, smoke_checks: SmokeChecks) -> None:
     smoke_checks.one_mlflow_run_per_training_job(smoke)
+    smoke_checks.watched_while_training(smoke)
 
 
 def _free_port() -> int:
