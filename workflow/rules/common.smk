@@ -257,7 +257,8 @@ def train_arg_list(wc):
     """The `enf train` arguments of a cell (without --out)."""
     exp = EXPERIMENTS[wc.dataset]
     mcfg = MODELS[wc.model]
-    budget = exp.get("budgets", {}).get(wc.n_train, {})
+    budget = {**exp.get("budgets", {}).get(wc.n_train, {}),
+              **((mcfg.get("budgets") or {}).get(wc.dataset, {}).get(wc.n_train) or {})}
     args = ["--dataset", wc.dataset, "--model", mcfg.get("model", wc.model), "--data", data_dir(wc.dataset),
             "--seed", wc.seed, "--no-progress", "--no-test"]  # the evaluate rule measures the test split
     if wc.n_train != "all":
@@ -317,7 +318,9 @@ def _settings_culprit(ds, m, n, message):
     sources = [(f"experiments.{ds}.set", EXPERIMENTS[ds].get("set") or {}),
                (f"models.{m}.set", MODELS[m].get("set") or {}),
                (f"experiments.{ds}.budgets.{n}", {f"train.{k}": v for k, v in
-                                                  EXPERIMENTS[ds].get("budgets", {}).get(n, {}).items()})]
+                                                  EXPERIMENTS[ds].get("budgets", {}).get(n, {}).items()}),
+               (f"models.{m}.budgets.{ds}.{n}", {f"train.{k}": v for k, v in
+                                                  ((MODELS[m].get("budgets") or {}).get(ds, {}).get(n) or {}).items()})]
     for where, sets in sources:
         for key in sets:
             if re.search(rf"(?<![\w.]){re.escape(str(key))}(?![\w])", message) or message.startswith(f"--set '{key}="):
@@ -475,7 +478,7 @@ def table_meta(table):
             "budget_note": config["budget_note"], "seeds": config["seeds"], "experiments": exps,
             "pretrained": config["pretrained"] if (table == "table2" and PRETRAINED_ON) else None,
             "models": {m: MODELS[m]["label"] for m in MODELS},
-            "model_settings": {m: {k: MODELS[m][k] for k in ("set", "args", "model") if MODELS[m].get(k)}
+            "model_settings": {m: {k: MODELS[m][k] for k in ("set", "args", "model", "budgets") if MODELS[m].get(k)}
                                for ds, exp in EXPERIMENTS.items() if exp["table"] == table
                                for m in exp["models"]}}
 

@@ -14,7 +14,9 @@ def _add_flow_matching_rows():
     sets = {"flow_matching.pairing": fm.get("pairing", "equivariant_ot"),
             "flow_matching.sigma": fm.get("sigma", 0.0), **(fm.get("set") or {})}
     config["models"][key] = {"label": fm.get("label", "E-NF, flow matching (ours)"), "model": fm.get("model", "enf"),
-                             "args": ["--objective", "flow_matching"], "set": sets}
+                             "args": ["--objective", "flow_matching"], "set": sets,
+                             "budgets": {ds: {str(n): b for n, b in per_n.items()}
+                                         for ds, per_n in (fm.get("budgets") or {}).items()}}
     for ds in fm.get("experiments", ["dw4", "lj13", "qm9_positional"]):
         if ds not in config["experiments"]:
             continue  # this configuration does not run that experiment
