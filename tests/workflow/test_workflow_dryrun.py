@@ -104,6 +104,22 @@ def test_flow_matching_switch_adds_its_rows_and_the_ess_table(tmp_path: Path) ->
     assert "tables/ess.csv" in out
 
 
+def test_flow_matching_rows_train_with_their_own_budgets(tmp_path: Path) -> None:
+    """In the paper configuration the flow-matching row keeps the protocol's epochs but validates ten times per
+    run at its own learning rate (flow_matching.budgets / .set); the likelihood row of the same cell is unchanged."""
+    fm = str(ROOT / "config" / "flow_matching.yaml")
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "config.yaml"), fm, "--",
+                    "results/runs/dw4/enf_fm/n100/seed0/checkpoint.pt", "results/runs/dw4/enf/n100/seed0/checkpoint.pt")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    commands = {m: next(line for line in out.splitlines() if "enf train" in line and f"/{m}/n100/seed0 " in line)
+                for m in ("enf", "enf_fm")}
+    assert "--epochs 1000" in commands["enf_fm"] and "--epochs 1000" in commands["enf"]
+    assert "--set=train.eval_every=100" in commands["enf_fm"] and "--set=train.lr=0.002" in commands["enf_fm"]
+    assert "--objective flow_matching" in commands["enf_fm"]
+    assert "--set=train.eval_every=20" in commands["enf"] and "train.lr" not in commands["enf"]
+
+
 @pytest.mark.parametrize("override, where, what", [
     ("experiments:\n  dw4:\n    set: {train.lrr: 1}\n", "experiments.dw4.set", "unknown config key 'train.lrr'"),
     ("models:\n  enf: {label: E-NF, set: {flow.method: euler2}}\n", "models.enf.set", "flow.method must be one of"),
