@@ -177,3 +177,28 @@ def test_collect_cells_copies_evidence_and_tabulates_it(tmp_path: Path) -> None:
     assert collect_cells.main(["--results", str(results), "--config", str(ROOT / "config" / "config.yaml"),
                                "--out", str(out)]) == 0
     assert (out / "cells.csv").read_text() == again
+
+
+def test_collect_cells_tabulates_flow_matching_beside_likelihood_with_cpu_hours(tmp_path: Path) -> None:
+    """Flow-matching runs collected with the switch's config get its label; --beside adds another folder's runs
+    to the table (not copied); each row's CPU hours close the table."""
+    import collect_cells
+
+    likelihood, fm = tmp_path / "likelihood", tmp_path / "fm"
+    _finished_run(tmp_path / "res_ml", "dw4", "enf", 100, 0, 8.0, None)
+    configs = [str(ROOT / "config" / "config.yaml")]
+    assert collect_cells.main(["--results", str(tmp_path / "res_ml"), "--config", *configs, "--out",
+                               str(likelihood)]) == 0
+    _finished_run(tmp_path / "res_fm", "dw4", "enf_fm", 100, 0, 7.5, None)
+    _finished_run(tmp_path / "res_fm", "dw4", "enf_fm", 100, 1, 7.7, None)
+    assert collect_cells.main(["--results", str(tmp_path / "res_fm"), "--config", *configs,
+                               str(ROOT / "config" / "flow_matching.yaml"), "--out", str(fm), "--checkpoints",
+                               "enf_fm", "--beside", str(likelihood)]) == 0
+    assert len(pd.read_csv(fm / "cells.csv")) == 2 and not (fm / "dw4" / "enf").exists()
+    md = (fm / "table1.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| E-NF, flow matching (ours) |"))
+    assert "| 7.60 ± 0.14 [2 of 3 seeds] |" in row
+    assert "| E-NF | 8.00 (8.31; −0.31) [1 of 3 seeds]" in md
+    assert "- E-NF, flow matching (ours): 2 run(s), 0.06 CPU h training + 0.00 CPU h test evaluation" in md
+    assert "- E-NF: 1 run(s), 0.03 CPU h training" in md
+    assert (fm / "dw4/enf_fm/n100/seed0/checkpoint.pt").is_file()

@@ -11,6 +11,11 @@ files are never rewritten unless the run's checksum changed), so collecting afte
 
   python workflow/scripts/collect_cells.py --results RESULTS --config config/config.yaml \
       --out reproduction/paper_protocol [--checkpoints enf] [--label NAME]
+
+Several --config files are merged in order, as Snakemake merges them (so `config/config.yaml
+config/flow_matching.yaml` labels the flow-matching rows). `--beside DIR` also tabulates the runs of another
+evidence folder (its cells.csv; nothing is copied from it), e.g. the likelihood-trained cells beside the
+flow-matching ones. The table ends with the CPU hours of every row.
 """
 
 from __future__ import annotations
@@ -153,18 +158,56 @@ def write_cells(out: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv: Path, label: str) -> None:
-    """table1.{md,csv,tex} from cells.csv with the workflow's table code (paper values, floors, "not run")."""
-    with open(out / "cells.csv") as handle:
-        rows = list(csv.DictReader(handle))
+def merged_config(paths: list[Path]) -> dict[str, Any]:
+    """The configuration files merged in order (nested mappings key by key, as Snakemake's --configfile), with
+    the flow-matching rows' label when that switch is on."""
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    config: dict[str, Any] = {}
+    for path in paths:
+        config = merge(config, yaml.safe_load(path.read_text()) or {})
+    fm = config.get("flow_matching") or {}
+    if fm.get("enabled"):
+        config.setdefault("models", {})[fm.get("model_key", "enf_fm")] = {
+            "label": fm.get("label", "E-NF, flow matching (ours)")}
+    return config
+
+
+def read_cells(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "cells.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def cost_lines(rows: list[dict[str, str]], labels: dict[str, str]) -> list[str]:
+    """Per row of the table: runs, CPU hours of training and of evaluation (a resumed run counts its last job)."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        runs = [r for r in rows if r["model"] == model]
+        hours = {k: sum(float(r[k] or 0) for r in runs) / 3600 for k in ("train_cpu_seconds", "eval_cpu_seconds")}
+        resumed = sum(1 for r in runs if r.get("resumed_after_epoch"))
+        note = f" ({resumed} resumed: their earlier jobs not counted)" if resumed else ""
+        lines.append(f"- {labels.get(model, model)}: {len(runs)} run(s), {hours['train_cpu_seconds']:.2f} CPU h "
+                     f"training + {hours['eval_cpu_seconds']:.2f} CPU h test evaluation{note}")
+    return lines
+
+
+def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv: Path, label: str,
+                 beside: tuple[Path, ...] = ()) -> None:
+    """table1.{md,csv,tex} from cells.csv (and those of `beside`) with the workflow's table code (paper values,
+    floors, "not run"), and the CPU hours of each row below the Markdown table."""
     labels = {m: (config["models"].get(m) or {}).get("label", m) for m in config["models"]}
-    manifest = [{"dataset": r["dataset"], "model": r["model"], "label": labels.get(r["model"], r["model"]),
-                 "n_train": r["n_train"], "column": r["n_train"], "seed": int(r["seed"]),
-                 "evaluation": str(out / r["dataset"] / r["model"] / f"n{r['n_train']}" / f"seed{r['seed']}"
-                                   / "test.json"),
-                 "run": str(out / r["dataset"] / r["model"] / f"n{r['n_train']}" / f"seed{r['seed']}"
-                            / "metrics.json"),
-                 "kind": "trained"} for r in rows]
+    sourced = [(folder, r) for folder in (out, *beside) for r in read_cells(folder)]
+    manifest = []
+    for folder, r in sourced:
+        cell = folder / r["dataset"] / r["model"] / f"n{r['n_train']}" / f"seed{r['seed']}"
+        manifest.append({"dataset": r["dataset"], "model": r["model"], "label": labels.get(r["model"], r["model"]),
+                         "n_train": r["n_train"], "column": r["n_train"], "seed": int(r["seed"]),
+                         "evaluation": str(cell / "test.json"), "run": str(cell / "metrics.json"),
+                         "kind": "trained"})
     exps = {ds: {"n_train": [str(n) for n in exp["n_train"]], "budgets": exp.get("budgets", {}),
                  "subset": None, "data_args": "", "columns": {str(n): str(n) for n in exp["n_train"]},
                  "evaluate": exp.get("evaluate", {}), "sample": exp.get("sample"), "set": exp.get("set", {})}
@@ -174,26 +217,33 @@ def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv:
             "pretrained": None, "models": labels, "model_settings": {}}
     make_tables.make_table(manifest, meta, paper_csv, config, out / "table1.csv", out / "table1.md",
                            out / "table1.tex")
+    with open(out / "table1.md", "a") as handle:
+        handle.write("\nCPU cost, over the runs above (Snakemake's benchmark of each job):\n\n"
+                     + "\n".join(cost_lines([r for _, r in sourced], labels)) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True, type=Path, help="the workflow's outdir (e.g. results)")
-    parser.add_argument("--config", required=True, type=Path, help="the configuration the runs were made with")
+    parser.add_argument("--config", required=True, type=Path, nargs="+",
+                        help="the configuration file(s) the runs were made with, merged in order")
+    parser.add_argument("--beside", type=Path, action="append", default=[],
+                        help="another evidence folder whose cells are tabulated too (repeatable)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--checkpoints", nargs="*", default=["enf"], help="models whose checkpoint.pt is kept")
     parser.add_argument("--paper", type=Path,
                         default=Path(__file__).resolve().parents[1] / "resources" / "paper_tables.csv")
     parser.add_argument("--label", default=None, help="configuration name in the table footer")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(args.config.read_text())
+    config = merged_config(args.config)
     cells = finished_cells(args.results)
     where = machine()
     rows = [cell_row(args.results, copy_cell(args.results, args.out, c, set(args.checkpoints)), c, where)
             for c in cells]
     args.out.mkdir(parents=True, exist_ok=True)
     write_cells(args.out, rows)
-    render_table(args.out, config, str(args.config), args.paper, args.label or config.get("name", "paper"))
+    render_table(args.out, config, " ".join(map(str, args.config)), args.paper,
+                 args.label or config.get("name", "paper"), tuple(args.beside))
     print(f"{len(rows)} cell run(s) collected into {args.out}; table in {args.out / 'table1.md'}")
     return 0
 
