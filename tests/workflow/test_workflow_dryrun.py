@@ -109,7 +109,9 @@ def test_flow_matching_rows_train_with_their_own_budgets(tmp_path: Path) -> None
     run at its own learning rate (flow_matching.budgets / .set); the likelihood row of the same cell is unchanged."""
     fm = str(ROOT / "config" / "flow_matching.yaml")
     res = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "config.yaml"), fm, "--",
-                    "results/runs/dw4/enf_fm/n100/seed0/checkpoint.pt", "results/runs/dw4/enf/n100/seed0/checkpoint.pt")
+                    "results/runs/dw4/enf_fm/n100/seed0/checkpoint.pt", "results/runs/dw4/enf/n100/seed0/checkpoint.pt",
+                    "results/boltzmann/dw4/enf_fm/n100/seed0/eval.json",
+                    "results/boltzmann/lj13/enf_fm/n10/seed0/eval.json")
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     commands = {m: next(line for line in out.splitlines() if "enf train" in line and f"/{m}/n100/seed0 " in line)
@@ -118,6 +120,18 @@ def test_flow_matching_rows_train_with_their_own_budgets(tmp_path: Path) -> None
     assert "--set=train.eval_every=100" in commands["enf_fm"] and "--set=train.lr=0.002" in commands["enf_fm"]
     assert "--objective flow_matching" in commands["enf_fm"]
     assert "--set=train.eval_every=20" in commands["enf"] and "train.lr" not in commands["enf"]
+    boltzmann = {ds: next(line for line in out.splitlines() if "--boltzmann " in line and f"/{ds}/enf_fm/" in line)
+                 for ds in ("dw4", "lj13")}
+    assert "--boltzmann 10000 " in boltzmann["dw4"] and "--boltzmann 1000 " in boltzmann["lj13"]
+
+
+def test_boltzmann_samples_per_data_set_must_name_each(tmp_path: Path) -> None:
+    override = tmp_path / "override.yaml"
+    override.write_text("boltzmann:\n  n_samples: {dw4: 50}\n")
+    res = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "smoke.yaml"),
+                    str(ROOT / "config" / "flow_matching.yaml"), str(override))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "config: boltzmann.n_samples gives no number for 'lj13'" in out, out[-3000:]
 
 
 @pytest.mark.parametrize("override, where, what", [

@@ -9,7 +9,10 @@ BOLTZMANN_ON = bool(BOLTZMANN.get("enabled", False))
 def boltzmann_cells():
     """The trained DW4/LJ13 cells that get a Boltzmann evaluation."""
     wanted = BOLTZMANN.get("datasets", ["dw4", "lj13"])
-    return [c for c in cells(trained_only=True) if c[0] in wanted] if BOLTZMANN_ON else []
+    found = [c for c in cells(trained_only=True) if c[0] in wanted] if BOLTZMANN_ON else []
+    for ds in sorted({c[0] for c in found}):
+        boltzmann_samples(ds)  # a mapping without this data set fails the dry run, by name
+    return found
 
 
 def boltzmann_file(cell, name="eval.json"):
@@ -24,9 +27,20 @@ def boltzmann_targets():
     return [boltzmann_file(c) for c in boltzmann_cells()] + [f"{OUT}/tables/ess.{ext}" for ext in ("csv", "md")]
 
 
+def boltzmann_samples(dataset):
+    """boltzmann.n_samples for a data set: one number for all, or a mapping that must name each data set."""
+    n = BOLTZMANN.get("n_samples", 1000)
+    if not isinstance(n, dict):
+        return int(n)
+    if dataset not in n:
+        raise WorkflowError(f"config: boltzmann.n_samples gives no number for {dataset!r} (it gives "
+                            f"{', '.join(sorted(n))}); add one or give a single number")
+    return int(n[dataset])
+
+
 def boltzmann_args(wc):
     ev = eval_settings(wc.dataset, wc.model)
-    args = ["--seed", wc.seed, "--boltzmann", str(BOLTZMANN.get("n_samples", 1000)),
+    args = ["--seed", wc.seed, "--boltzmann", str(boltzmann_samples(wc.dataset)),
             "--boltzmann-trace", BOLTZMANN.get("trace", "exact")]
     if ev.get("trace"):
         args += ["--trace", ev["trace"]]
