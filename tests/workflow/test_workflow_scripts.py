@@ -191,6 +191,12 @@ def test_collect_cells_tabulates_flow_matching_beside_likelihood_with_cpu_hours(
                                str(likelihood)]) == 0
     _finished_run(tmp_path / "res_fm", "dw4", "enf_fm", 100, 0, 7.5, None)
     _finished_run(tmp_path / "res_fm", "dw4", "enf_fm", 100, 1, 7.7, None)
+    boltzmann = tmp_path / "res_fm" / "boltzmann" / "dw4" / "enf_fm" / "n100" / "seed0"
+    boltzmann.mkdir(parents=True)
+    (boltzmann / "eval.json").write_text(json.dumps({"boltzmann": {
+        "reverse_ess": 0.25, "forward_ess": 0.1, "log_z_reverse": 29.5, "log_z_forward": 29.8, "n_samples": 10000,
+        "nfe_per_sampling_solve": 98.0, "js_energy_model": 0.01, "js_distance_model": 0.002}}))
+    (boltzmann / "eval_boltzmann.png").write_text("png")
     assert collect_cells.main(["--results", str(tmp_path / "res_fm"), "--config", *configs,
                                str(ROOT / "config" / "flow_matching.yaml"), "--out", str(fm), "--checkpoints",
                                "enf_fm", "--beside", str(likelihood)]) == 0
@@ -202,3 +208,9 @@ def test_collect_cells_tabulates_flow_matching_beside_likelihood_with_cpu_hours(
     assert "- E-NF, flow matching (ours): 2 run(s), 0.06 CPU h training + 0.00 CPU h test evaluation" in md
     assert "- E-NF: 1 run(s), 0.03 CPU h training" in md
     assert (fm / "dw4/enf_fm/n100/seed0/checkpoint.pt").is_file()
+    cell = fm / "dw4" / "enf_fm" / "n100" / "seed0"
+    assert (cell / "boltzmann.json").is_file() and (cell / "boltzmann.png").is_file()
+    cells = pd.read_csv(fm / "cells.csv").set_index("seed")
+    assert cells.loc[0, "reverse_ess"] == 0.25 and pd.isna(cells.loc[1, "reverse_ess"])
+    assert "| E-NF, flow matching (ours) | DW4 | 100 | 1 | 25.00 % | 10 % | 29.50 / 29.80 | 10000 | 98 |" in (
+        fm / "table1.md").read_text()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -41,6 +42,9 @@ RUN_FILES = ("config.yaml", "metrics.json", "history.csv", "training_curves.png"
 COLUMNS = ("dataset", "model", "n_train", "seed", "test_nll", "test_nll_sem", "test_trace", "best_epoch",
            "epochs", "config_hash", "code_version", "train_cpu_seconds", "eval_cpu_seconds", "wall_seconds",
            "mean_nfe", "machine", "resumed_after_epoch")
+#: Filled where the run has a Boltzmann evaluation (`enf evaluate --boltzmann`, the workflow's boltzmann rule).
+BOLTZMANN_COLUMNS = ("reverse_ess", "forward_ess", "log_z_reverse", "log_z_forward", "boltzmann_samples",
+                     "nfe_per_sampling_solve", "js_energy_model", "js_distance_model", "boltzmann_cpu_seconds")
 TABLE1_SETS = ("dw4", "lj13")
 
 
@@ -103,6 +107,11 @@ def copy_cell(results: Path, out: Path, cell: tuple[str, str, str, str], checkpo
     files = [(run / f, target / f) for f in RUN_FILES] + [(results / "eval" / rel / "test.json", target / "test.json")]
     if model in checkpoints:
         files.append((run / "checkpoint.pt", target / "checkpoint.pt"))
+    boltzmann = results / "boltzmann" / rel
+    if (boltzmann / "eval.json").is_file():
+        files += [(boltzmann / "eval.json", target / "boltzmann.json")]
+        if (boltzmann / "eval_boltzmann.png").is_file():
+            files += [(boltzmann / "eval_boltzmann.png", target / "boltzmann.png")]
     for src, dst in files:
         if not dst.is_file() or sha256(src) != sha256(dst):
             tmp = dst.with_name(f".{dst.name}.tmp")
@@ -125,7 +134,19 @@ def cell_row(results: Path, target: Path, cell: tuple[str, str, str, str], where
             "code_version": metrics["code_version"], "train_cpu_seconds": train.get("cpu_time"),
             "eval_cpu_seconds": evaluate.get("cpu_time"),
             "wall_seconds": (train.get("s", 0.0) + evaluate.get("s", 0.0)) or None,
-            "mean_nfe": metrics["mean_nfe"], "machine": where, "resumed_after_epoch": resumed}
+            "mean_nfe": metrics["mean_nfe"], "machine": where, "resumed_after_epoch": resumed,
+            **boltzmann_row(target / "boltzmann.json", results / "benchmarks" / "boltzmann" / f"{rel}.tsv")}
+
+
+def boltzmann_row(path: Path, bench: Path) -> dict[str, Any]:
+    """The importance-sampling figures of a run's Boltzmann evaluation (empty without one)."""
+    if not path.is_file():
+        return {}
+    b = json.loads(path.read_text())["boltzmann"]
+    return {"reverse_ess": b["reverse_ess"], "forward_ess": b["forward_ess"], "log_z_reverse": b["log_z_reverse"],
+            "log_z_forward": b["log_z_forward"], "boltzmann_samples": b["n_samples"],
+            "nfe_per_sampling_solve": b["nfe_per_sampling_solve"], "js_energy_model": b["js_energy_model"],
+            "js_distance_model": b["js_distance_model"], "boltzmann_cpu_seconds": benchmark(bench).get("cpu_time")}
 
 
 def resumed_after(log: Path) -> int | None:
@@ -151,10 +172,11 @@ def write_cells(out: Path, rows: list[dict[str, Any]]) -> None:
         merged[key] = row
     tmp = path.with_name(".cells.csv.tmp")
     with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        columns = COLUMNS + (BOLTZMANN_COLUMNS if any(row.get("reverse_ess") for row in merged.values()) else ())
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for key in sorted(merged):
-            writer.writerow({k: merged[key].get(k) for k in COLUMNS})
+            writer.writerow({k: merged[key].get(k) for k in columns})
     os.replace(tmp, path)
 
 
@@ -220,6 +242,32 @@ def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv:
     with open(out / "table1.md", "a") as handle:
         handle.write("\nCPU cost, over the runs above (Snakemake's benchmark of each job):\n\n"
                      + "\n".join(cost_lines([r for _, r in sourced], labels)) + "\n")
+        ess = ess_lines(read_cells(out), labels)
+        if ess:
+            handle.write("\nImportance sampling (`enf evaluate --boltzmann N`, exact log-densities; mean over the "
+                         "seeds evaluated; the true log Z lies between the reverse and forward estimates):\n\n"
+                         + "\n".join(ess) + "\n")
+
+
+def _mean_of(rows: list[dict[str, str]], column: str) -> float:
+    return sum(float(r[column]) for r in rows) / len(rows)
+
+
+def ess_lines(rows: list[dict[str, str]], labels: dict[str, str]) -> list[str]:
+    """A Markdown table of reverse/forward ESS, log Z bracket and sampling NFE per cell with a Boltzmann run."""
+    done = [r for r in rows if r.get("reverse_ess")]
+    if not done:
+        return []
+    lines = ["| Method | data set | n | seeds | reverse ESS | forward ESS | log Z reverse / forward | model samples "
+             "| NFE per sampling solve |", "|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted({(r["model"], r["dataset"], int(r["n_train"])) for r in done}):
+        group = [r for r in done if (r["model"], r["dataset"], int(r["n_train"])) == key]
+        mean = functools.partial(_mean_of, group)
+        lines.append(f"| {labels.get(key[0], key[0])} | {key[1].upper()} | {key[2]} | {len(group)} | "
+                     f"{100 * mean('reverse_ess'):.2f} % | {100 * mean('forward_ess'):.3g} % | "
+                     f"{mean('log_z_reverse'):.2f} / {mean('log_z_forward'):.2f} | "
+                     f"{int(mean('boltzmann_samples'))} | {mean('nfe_per_sampling_solve'):.0f} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
