@@ -69,7 +69,7 @@ def bench_training(data_dir: Path, iterations: int, seed: int, adjoint: bool | N
             out = model.nll(batch, trace="hutchinson")
             loss = out["nll"].mean() + 1e-3 * out["reg"].mean()
             loss.backward()
-            clipper(model.flow_parameters())
+            clipper(model.clip_parameters())
             optim.step()
             return float(loss.detach())
 

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from enf.config import TRACES
 from enf.energies import PairEnergy, make_energy
 from enf.errors import EnfError, NumericalError
-from enf.flows.distributions import com_free_gaussian_log_prob, sample_com_free_gaussian
+from enf.flows.base import DensityModel
+from enf.flows.distributions import sample_com_free_gaussian
 from enf.geometry import remove_mean
 from enf.metrics.distances import js_divergence
 
@@ -81,21 +82,23 @@ def log_partition_forward(log_w: Tensor) -> float:
 
 
 # -- model densities -------------------------------------------------------------------------------------------
-def _check_particle_model(model: nn.Module) -> None:
-    if getattr(model, "kind", None) != "particles":
-        raise EnfError(f"Boltzmann evaluation needs a particle flow (DW4, LJ13); got a "
-                       f"{type(model).__name__} (kind {getattr(model, 'kind', None)!r})")
+def _check_fixed_shape(model: DensityModel) -> tuple[int, int]:
+    """The (particles, n_dim) of a model of fixed-size configurations; refuse a model of variable-size samples."""
+    shape = model.event_shape
+    if shape is None:
+        raise EnfError(f"Boltzmann evaluation needs a model of fixed-size particle configurations (DW4, LJ13); "
+                       f"got a {type(model).__name__}")
+    return shape
 
 
 @torch.no_grad()
-def _sample_batch(model: nn.Module, z: Tensor, trace: str) -> tuple[Tensor, Tensor, int]:
+def _sample_batch(model: DensityModel, z: Tensor, trace: str) -> tuple[Tensor, Tensor, int]:
     """Reverse-solve base draws z (t = 1) to samples x (t = 0) with log q(x) from the same solve."""
-    cnf = model.cnf
-    x, log_det = cnf.decode_with_logdet(z, trace=trace)
-    return x, com_free_gaussian_log_prob(z) + log_det, cnf.last_nfe
+    x, log_q = model.decode_with_log_prob(z, trace=trace)
+    return x, log_q, model.last_nfe
 
 
-def _sample_robust(model: nn.Module, z: Tensor, trace: str) -> tuple[Tensor, Tensor, list[int]]:
+def _sample_robust(model: DensityModel, z: Tensor, trace: str) -> tuple[Tensor, Tensor, list[int]]:
     """`_sample_batch`, splitting a batch whose solve fails so that one bad draw fails alone (NaN outputs)."""
     try:
         x, log_q, nfe = _sample_batch(model, z, trace)
@@ -110,17 +113,17 @@ def _sample_robust(model: nn.Module, z: Tensor, trace: str) -> tuple[Tensor, Ten
 
 
 @torch.no_grad()
-def sample_with_log_prob(model: nn.Module, n: int, batch_size: int = 500, trace: str = "exact",
+def sample_with_log_prob(model: DensityModel, n: int, batch_size: int = 500, trace: str = "exact",
                          generator: torch.Generator | None = None) -> dict[str, Any]:
     """n samples of a particle flow with log q of each from its own reverse solve; failed solves are NaN."""
-    _check_particle_model(model)
+    n_particles, n_dim = _check_fixed_shape(model)
     if trace not in TRACES:
         raise EnfError(f"trace must be one of {TRACES}, got {trace!r}")
     p = next(model.parameters())
     xs, log_qs, nfes = [], [], []
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
-        z = sample_com_free_gaussian((size, model.n_particles, model.n_dim), generator=generator, dtype=p.dtype)
+        z = sample_com_free_gaussian((size, n_particles, n_dim), generator=generator, dtype=p.dtype)
         x, log_q, nfe = _sample_robust(model, z.to(p.device), trace)
         xs.append(x.cpu())
         log_qs.append(log_q.double().cpu())
@@ -132,9 +135,9 @@ def sample_with_log_prob(model: nn.Module, n: int, batch_size: int = 500, trace:
 
 
 @torch.no_grad()
-def data_log_prob(model: nn.Module, positions: Tensor, batch_size: int = 500, trace: str = "exact") -> Tensor:
+def data_log_prob(model: DensityModel, positions: Tensor, batch_size: int = 500, trace: str = "exact") -> Tensor:
     """log q(x) (n,) of configurations under a particle flow (forward solve; the model's own NLL)."""
-    _check_particle_model(model)
+    _check_fixed_shape(model)
     p = next(model.parameters())
     out = []
     for start in range(0, positions.shape[0], batch_size):
@@ -180,7 +183,7 @@ def _normalised_weights(log_w: Tensor) -> Tensor:
 
 
 # -- the evaluation -------------------------------------------------------------------------------------------------
-def boltzmann_evaluation(model: nn.Module, energy: PairEnergy, data_positions: Tensor, n_samples: int,
+def boltzmann_evaluation(model: DensityModel, energy: PairEnergy, data_positions: Tensor, n_samples: int,
                          batch_size: int = 500, trace: str = "exact", seed: int = 0) -> dict[str, Any]:
     """Reverse ESS from `n_samples` model samples, forward ESS on `data_positions`, histograms and log Z estimates."""
     if n_samples < 1:
@@ -313,7 +316,7 @@ def energy_for_data(dataset: str, data_path: str | Path) -> tuple[PairEnergy, st
     return make_energy("lj13", "ordered"), "protocol default (ordered pairs; no convention found in meta.json)"
 
 
-def evaluate_for_cli(model: nn.Module, cfg: dict[str, Any], data: dict[str, Tensor], data_path: str | Path,
+def evaluate_for_cli(model: DensityModel, cfg: dict[str, Any], data: dict[str, Tensor], data_path: str | Path,
                      n_samples: int, out_json: str | Path, trace: str = "exact", seed: int = 0,
                      batch_size: int | None = None) -> dict[str, Any]:
     """`enf evaluate --boltzmann N`: run the evaluation, write the figure beside `out_json`, return the numbers."""

@@ -133,8 +133,7 @@ class Trainer:
             amsgrad=bool(self.tcfg["amsgrad"]))
         self.clipper = (AdaptiveClipper(float(self.tcfg["clip_queue_init"]))
                         if self.tcfg["clip_grad"] == "adaptive" else None)
-        flow_params = getattr(self.model, "flow_parameters", None)
-        self.clip_params = list(flow_params() if flow_params else self.model.parameters())
+        self.clip_params = self.model.clip_parameters()
         self.start_epoch = 0
         self.step = 0  # optimiser steps done (the global iteration)
         self.history: list[dict[str, Any]] = []
@@ -257,7 +256,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(self.cfg, sort_keys=False))
-        if not resumed and hasattr(self.model, "initialize"):
+        if not resumed:
             first = batches(self.train_data, self.tcfg["batch_size"])[0]
             self.model.initialize(to_device(first, self.device), self.train_data)
         epochs = int(self.tcfg["epochs"])
