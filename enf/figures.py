@@ -119,7 +119,9 @@ def _epoch_figure(history: list[dict[str, Any]], title: str) -> Any:
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     style = "o-" if len(epochs) <= FEW_POINTS else "-"
-    ax1.plot(epochs, [h["train_nll"] for h in history], style, markersize=4, label="train NLL")
+    key = "train_nll" if all("train_nll" in h for h in history) else "train_loss"
+    ax1.plot(epochs, [h[key] for h in history], style, markersize=4,
+             label="train NLL" if key == "train_nll" else "train loss")
     val = [(h["epoch"], h["val_nll"]) for h in history if h.get("val_nll") is not None]
     if val:
         ax1.plot(*zip(*val), "o", label="validation NLL")

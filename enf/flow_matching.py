@@ -420,12 +420,17 @@ def matching_loss(field: VectorField, x: Tensor, z: Tensor, t: Tensor, mask: Ten
 
 
 def flow_matching_loss(model: DensityModel, batch: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
-    """The conditional flow-matching loss of `model.cnf.field` on one batch, with the configured pairing.
+    """`matching_step` with the pairing and sigma of `cfg['flow_matching']`."""
+    pairing, sigma = fm_settings(cfg)
+    return matching_step(model, batch, pairing, sigma)
+
+
+def matching_step(model: DensityModel, batch: dict[str, Tensor], pairing: str, sigma: float) -> dict[str, Tensor]:
+    """The conditional flow-matching loss of `model.cnf.field` on one batch, with the given pairing.
 
     Returns {"loss": scalar to back-propagate, "transport_cost": mean squared |z - x| per degree of freedom
     after pairing, "pairing_seconds": time spent pairing} (the last two detached, for logging).
     """
-    pairing, sigma = fm_settings(cfg)
     x, mask, n_dim = model.continuous_state(batch)
     z = sample_base(x, mask, n_dim)
     start = time.perf_counter()
