@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from enf.diagnostics import autocorr_time, effective_sample_size, rhat_noise, split_rhat
+from enf.diagnostics import autocorr_time, mcmc_effective_sample_size, rhat_noise, split_rhat
 from enf.energies import PairEnergy
 from enf.errors import EnfError
 
@@ -307,7 +307,7 @@ def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSe
         "iat_sweeps": {k: autocorr_time(t) for k, t in draws.trace.items()} if sweeps >= 4 else {},
         # R-hat from fewer than 8 draws per chain (4 per half) is mostly noise: not computed.
         "split_rhat_samples": {k: split_rhat(v.T) for k, v in draws.observables.items()} if n_per_chain >= 8 else {},
-        "ess_samples": {k: effective_sample_size(v.T) for k, v in draws.observables.items()}
+        "ess_samples": {k: mcmc_effective_sample_size(v.T) for k, v in draws.observables.items()}
         if n_per_chain >= 4 else {},
         "seconds": time.perf_counter() - start,
     }
