@@ -104,7 +104,7 @@ def bench_one(model_name: str, dataset: str, iters: int, device: torch.device, d
         out = model.nll(inputs, trace=cfg["flow"]["trace_train"])
         (out["nll"].mean() + weight * out["reg"].mean()).backward()
         opt.step()
-        nfes.append(model.cnf.last_nfe)
+        nfes.append(model.last_nfe)
 
     field_s = timed(lambda: field_step(data), max(3 * iters, 3), device)
     probe = 8

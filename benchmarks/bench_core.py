@@ -53,7 +53,7 @@ def training_step(name: str, x: torch.Tensor, compile: bool, adjoint: bool) -> C
         opt.zero_grad()
         model.nll({"positions": x})["nll"].mean().backward()
         opt.step()
-        return model.cnf.last_nfe
+        return model.last_nfe
 
     return step
 
@@ -66,7 +66,7 @@ def exact_nll_step(x: torch.Tensor, compile: bool = False) -> Callable[[], int]:
     def step() -> int:
         with torch.no_grad():
             model.nll({"positions": x}, trace="exact")
-        return model.cnf.last_nfe
+        return model.last_nfe
 
     return step
 

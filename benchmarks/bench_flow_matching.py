@@ -66,7 +66,7 @@ def step(method: str, model: torch.nn.Module, opt: torch.optim.Optimizer, batch:
     opt.zero_grad(set_to_none=True)
     if method == "ml":
         loss = model.nll(batch, trace=cfg["flow"]["trace_train"])["nll"].mean()
-        nfe = float(model.cnf.last_nfe)
+        nfe = float(model.last_nfe)
     else:
         loss = flow_matching_loss(model, batch, cfg)["loss"]
         nfe = 0.0

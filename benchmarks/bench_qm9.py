@@ -69,13 +69,13 @@ def bench_training(data_dir: Path, iterations: int, seed: int, adjoint: bool | N
             out = model.nll(batch, trace="hutchinson")
             loss = out["nll"].mean() + 1e-3 * out["reg"].mean()
             loss.backward()
-            clipper(model.flow_parameters())
+            clipper(model.clip_parameters())
             optim.step()
             return float(loss.detach())
 
         loss, wall, cpu = timed(step)
         rows.append({"measurement": f"training iteration {i + 1} (batch 128, fresh model)", "value": wall,
-                     "unit": "s/iteration", "wall_s": wall, "cpu_s": cpu, "nfe": model.cnf.last_nfe,
+                     "unit": "s/iteration", "wall_s": wall, "cpu_s": cpu, "nfe": model.last_nfe,
                      "notes": f"loss {loss:.2f}; adjoint={cfg['flow']['adjoint']}"})
     return rows
 
@@ -178,7 +178,7 @@ def bench_sampling(n: int, seed: int) -> list[dict[str, Any]]:
     out, wall, cpu = timed(lambda: model.sample(n, generator=torch.Generator().manual_seed(seed)))
     failed = int(out["failed"].sum())
     return [{"measurement": f"sampling {n} molecules (released model)", "value": n / wall, "unit": "molecules/s",
-             "wall_s": wall, "cpu_s": cpu, "nfe": model.cnf.last_nfe,
+             "wall_s": wall, "cpu_s": cpu, "nfe": model.last_nfe,
              "notes": f"{n / cpu:.2f} molecules per CPU second; {failed} failed solves; batches of "
                       f"{model.sample_batch_size} sorted by size"}]
 

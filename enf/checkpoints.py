@@ -17,14 +17,17 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from enf.errors import EnfError
 from enf.io import atomic_path
+
+if TYPE_CHECKING:
+    from enf.flows.base import DensityModel
 
 FORMAT = "enf-checkpoint-1"
 _SCALARS = (int, float, bool, str, type(None))
@@ -142,7 +145,7 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[DensityModel, dict[str, Any]]:
     """Rebuild the model that `checkpoint.pt` describes and load its weights; return (model, payload)."""
     from enf.config import validate
     from enf.models import build_model

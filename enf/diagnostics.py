@@ -12,6 +12,7 @@ import numpy as np
 from scipy import stats
 
 from enf.errors import EnfError
+from enf.geometry import pair_distances
 
 
 def _as_trace(trace: np.ndarray, name: str = "trace") -> np.ndarray:
@@ -60,8 +61,13 @@ def autocorr_time(trace: np.ndarray) -> float:
     return float(max(tau, 1.0 / math.log10(max(chains * n, 11))))
 
 
-def effective_sample_size(trace: np.ndarray) -> float:
-    """Effective number of independent draws in a (chains, draws) trace: chains * draws / tau."""
+def mcmc_effective_sample_size(trace: np.ndarray) -> float:
+    """Effective number of independent draws in a (chains, draws) MCMC trace: chains * draws / tau.
+
+    A count of draws, from their autocorrelation. Not the importance-sampling ESS of a flow's samples
+    (`enf.boltzmann.weights.reverse_ess` / `forward_ess`, fractions in [0, 1] from importance weights): the two
+    measure different losses (correlated draws here, mismatched densities there), so both exist.
+    """
     arr = _as_trace(trace)
     return float(arr.size / autocorr_time(arr))
 
@@ -141,13 +147,6 @@ def ks_two_sample(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 def z_score(mean_a: float, se_a: float, mean_b: float, se_b: float) -> float:
     """Difference of two estimates in units of their combined standard error."""
     return float((mean_a - mean_b) / math.sqrt(se_a ** 2 + se_b ** 2))
-
-
-def pair_distances(x: np.ndarray) -> np.ndarray:
-    """All unique pair distances |x_i - x_j|, i < j, of configurations (B, N, D): shape (B, N (N - 1) / 2)."""
-    x = np.asarray(x, dtype=np.float64)
-    i, j = np.triu_indices(x.shape[1], k=1)
-    return np.linalg.norm(x[:, i] - x[:, j], axis=-1)
 
 
 def one_pair_per_sample(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

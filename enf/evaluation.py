@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from enf.errors import NumericalError
+from enf.flows.base import DensityModel
 
 
 def batches(data: dict[str, Tensor], batch_size: int, order: Tensor | None = None,
@@ -25,7 +26,7 @@ def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tenso
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def evaluate_nll(model: nn.Module, data: dict[str, Tensor], batch_size: int, trace: str,
+def evaluate_nll(model: DensityModel, data: dict[str, Tensor], batch_size: int, trace: str,
                  probes: int = 1, device: torch.device | str = "cpu", progress: Any = None,
                  keep_samples: bool = False) -> dict[str, Any]:
     """Mean NLL over `data`, its standard error, the count and the mean function evaluations per solve.
@@ -41,7 +42,7 @@ def evaluate_nll(model: nn.Module, data: dict[str, Tensor], batch_size: int, tra
     per_sample: list[Tensor] = []
     nfes: list[int] = []
     start = time.perf_counter()
-    closed_form = bool(getattr(model.cnf.field, "closed_form_divergence", False))
+    closed_form = bool(model.cnf.field.closed_form_divergence)
     n_probes = 1 if trace == "exact" or closed_form else max(int(probes), 1)
     with torch.no_grad():
         for batch in batches(data, batch_size):
@@ -50,7 +51,7 @@ def evaluate_nll(model: nn.Module, data: dict[str, Tensor], batch_size: int, tra
             for _ in range(n_probes):
                 out = model.nll(batch, trace=trace)
                 values.append(out["nll"].double())
-                nfes.append(model.cnf.last_nfe)
+                nfes.append(model.last_nfe)
             per_sample.append(torch.stack(values, 1).cpu())
             if progress is not None:
                 progress.update(values[0].shape[0])

@@ -1,4 +1,6 @@
-"""Figures of a training run (matplotlib, Agg backend, written atomically as PNG)."""
+"""The one figures helper (matplotlib on the Agg backend, `save_figure` writing PNGs atomically) and the training
+run's curves. The data, metrics and Boltzmann figures draw with `plt` from here and save with `save_figure`.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from enf.io import atomic_path  # noqa: E402
 FEW_POINTS = 60
 
 
-def save_figure(fig: Any, path: str | Path) -> None:
+def save_figure(fig: Any, path: str | Path, dpi: int = 110, tight: bool = True) -> None:
+    """Write `fig` as a PNG atomically and close it (`tight`: crop to the drawn area)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
     plt.close(fig)
 
 
@@ -119,7 +122,9 @@ def _epoch_figure(history: list[dict[str, Any]], title: str) -> Any:
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     style = "o-" if len(epochs) <= FEW_POINTS else "-"
-    ax1.plot(epochs, [h["train_nll"] for h in history], style, markersize=4, label="train NLL")
+    key = "train_nll" if all("train_nll" in h for h in history) else "train_loss"
+    ax1.plot(epochs, [h[key] for h in history], style, markersize=4,
+             label="train NLL" if key == "train_nll" else "train loss")
     val = [(h["epoch"], h["val_nll"]) for h in history if h.get("val_nll") is not None]
     if val:
         ax1.plot(*zip(*val), "o", label="validation NLL")

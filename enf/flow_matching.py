@@ -40,8 +40,9 @@ from torch import Tensor, nn
 
 from enf.config import PAIRINGS
 from enf.errors import EnfError
+from enf.flows.base import DensityModel
 from enf.flows.distributions import sample_com_free_gaussian, sample_gaussian
-from enf.geometry import node_mask_like, remove_mean
+from enf.geometry import node_mask_like
 from enf.networks.base import VectorField
 
 #: Exact alignment over all N! node permutations up to this many nodes (5! = 120 candidates per pair).
@@ -350,31 +351,6 @@ def pair_masked(x: Tensor, z: Tensor, mask: Tensor | None, pairing: str, n_dim: 
     return out
 
 
-# -- the continuous state of a model's data ------------------------------------------------------------------
-@torch.no_grad()
-def continuous_state(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, int]:
-    """The flow's t = 0 state for a batch: (xh (B, N, C), mask (B, N) or None, n_dim).
-
-    Particles: centred positions. Molecules (QM9): centred positions and dequantised features after ActNorm,
-    exactly what the CNF sees in `MoleculeFlow.nll`, with padding columns no molecule uses dropped. The
-    dequantiser and ActNorm are not trained by flow matching (no gradient flows through this state).
-    """
-    if getattr(model, "kind", None) == "particles":
-        return remove_mean(batch["positions"]), None, int(model.n_dim)
-    if getattr(model, "kind", None) == "molecules":
-        mask = batch["mask"]
-        cols = mask.bool().any(0).nonzero().squeeze(1)
-        mask = mask[:, cols]
-        x = remove_mean(batch["positions"][:, cols], mask)
-        v, _ = model.dequantizer(x, batch["one_hot"][:, cols], batch["charges"][:, cols], mask)
-        xh = torch.cat([x, v], dim=-1)
-        if model.actnorm is not None:
-            xh, _ = model.actnorm(xh, mask)
-        return xh, mask, int(model.n_dim)
-    raise EnfError(f"flow matching supports particle and molecule flows; got a {type(model).__name__} "
-                   f"(kind {getattr(model, 'kind', None)!r})")
-
-
 def sample_base(like: Tensor, mask: Tensor | None, n_dim: int) -> Tensor:
     """A draw from the base distribution with the shape (and mask) of `like`: com-free positions, N(0, 1) features."""
     shape = (like.shape[0], like.shape[1])
@@ -443,14 +419,19 @@ def matching_loss(field: VectorField, x: Tensor, z: Tensor, t: Tensor, mask: Ten
     return ((v - u).pow(2) * m).sum() / degrees_of_freedom(x, mask, n_dim).sum()
 
 
-def flow_matching_loss(model: nn.Module, batch: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
-    """The conditional flow-matching loss of `model.cnf.field` on one batch, with the configured pairing.
+def flow_matching_loss(model: DensityModel, batch: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
+    """`matching_step` with the pairing and sigma of `cfg['flow_matching']`."""
+    pairing, sigma = fm_settings(cfg)
+    return matching_step(model, batch, pairing, sigma)
+
+
+def matching_step(model: DensityModel, batch: dict[str, Tensor], pairing: str, sigma: float) -> dict[str, Tensor]:
+    """The conditional flow-matching loss of `model.cnf.field` on one batch, with the given pairing.
 
     Returns {"loss": scalar to back-propagate, "transport_cost": mean squared |z - x| per degree of freedom
     after pairing, "pairing_seconds": time spent pairing} (the last two detached, for logging).
     """
-    pairing, sigma = fm_settings(cfg)
-    x, mask, n_dim = continuous_state(model, batch)
+    x, mask, n_dim = model.continuous_state(batch)
     z = sample_base(x, mask, n_dim)
     start = time.perf_counter()
     with torch.no_grad():

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
+
+Points = TypeVar("Points", Tensor, np.ndarray)
 
 
 def node_mask_like(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -56,3 +60,22 @@ def rotate(x: Tensor, rot: Tensor) -> Tensor:
     if rot.dim() == 2:
         return x @ rot.transpose(-1, -2)
     return torch.einsum("bij,bnj->bni", rot, x)
+
+
+def pair_distances(x: Points, matrix: bool = False) -> Points:
+    """Distances |x_i - x_j| of configurations (B, N, D), torch or numpy (float64), in the input's kind.
+
+    The unique pairs i < j (B, N (N - 1) / 2) for histograms and data checks; with `matrix` the full (B, N, N)
+    matrix that bond detection indexes by atom pair (numpy only).
+    """
+    if isinstance(x, Tensor):
+        if matrix:
+            raise ValueError("pair_distances: the distance matrix is computed for numpy arrays only")
+        i, j = torch.triu_indices(x.shape[1], x.shape[1], offset=1)
+        return (x[:, i] - x[:, j]).pow(2).sum(-1).sqrt()
+    x = np.asarray(x, dtype=np.float64)
+    if matrix:
+        diff = x[:, :, None, :] - x[:, None, :, :]
+        return np.sqrt(np.einsum("nijk,nijk->nij", diff, diff))
+    i, j = np.triu_indices(x.shape[1], k=1)
+    return np.linalg.norm(x[:, i] - x[:, j], axis=-1)

@@ -1,7 +1,8 @@
 """The per-iteration history of a training run (`history_steps.csv`), written while the training runs.
 
-One row per optimiser step, `step` being the global iteration (1, 2, ...): its training loss, NLL and regulariser,
-function evaluations of the solve, gradient norm (before clipping), whether it was clipped, learning rate and
+One row per optimiser step, `step` being the global iteration (1, 2, ...): every scalar the objective returns
+(enf/objectives.py: loss; likelihood: NLL, regulariser and function evaluations of the solve; flow matching:
+transport cost and pairing seconds, NFE 0), gradient norm (before clipping), whether it was clipped, learning rate and
 seconds. One row per validation, at the step after which it ran: validation NLL, its standard error, function
 evaluations per solve and seconds. Every row has its epoch and its wall-clock time (`time`, unix seconds), so that
 a reader can place it in time. `history.csv` stays the per-epoch summary.
@@ -24,8 +25,9 @@ from typing import Any
 from enf.io import atomic_path
 
 STEP_FILE = "history_steps.csv"
-STEP_COLUMNS = ("step", "epoch", "time", "train_loss", "train_nll", "train_reg", "nfe", "grad_norm", "clipped",
-                "lr", "seconds", "val_nll", "val_nll_sem", "val_nfe", "val_seconds")
+STEP_COLUMNS = ("step", "epoch", "time", "train_loss", "train_nll", "train_reg", "train_transport_cost",
+                "train_pairing_seconds", "nfe", "grad_norm", "clipped", "lr", "seconds", "val_nll", "val_nll_sem",
+                "val_nfe", "val_seconds")
 _INTEGERS = ("step", "epoch", "clipped")
 
 

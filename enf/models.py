@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 import enf.networks.egnn  # noqa: F401  (the vector fields register themselves on import)
 import enf.networks.gnf  # noqa: F401
 import enf.networks.pair_dynamics  # noqa: F401
 from enf.data.datasets import DATASETS
+from enf.flows.base import DensityModel
 from enf.flows.cnf import CNF
 from enf.flows.particles import ParticleFlow
 from enf.networks.base import VECTOR_FIELDS
@@ -29,7 +28,7 @@ def build_cnf(cfg: dict[str, Any], n_dim: int, n_features: int) -> CNF:
                regularization=float(flow["regularization"]), options=options, compile=bool(flow["compile"]))
 
 
-def build_model(cfg: dict[str, Any]) -> nn.Module:
+def build_model(cfg: dict[str, Any]) -> DensityModel:
     """The density model for `cfg['dataset']`: a ParticleFlow, or the QM9 molecule flow."""
     spec = DATASETS.get(cfg["dataset"])
     if spec.kind == "particles":

@@ -14,7 +14,7 @@ import copy
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -23,6 +23,9 @@ from torch import Tensor
 from enf import checkpoints
 from enf.errors import EnfError
 from enf.io import atomic_path, read_json, sha256_file, write_json
+
+if TYPE_CHECKING:
+    from enf.flows.molecules import MoleculeFlow
 
 SOURCE_REPOSITORY = "https://github.com/vgsatorras/en_flows"
 SOURCE_FOLDER = "outputs/en_flows_pretrained"
@@ -161,7 +164,7 @@ def map_state(flow: dict[str, Tensor], dequantizer: dict[str, Tensor], expected:
 
 
 def load_en_flows(flow_path: str | Path, dequantizer_path: str | Path,
-                  args_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  args_path: str | Path) -> tuple[MoleculeFlow, dict[str, Any]]:
     """enf's QM9 model holding their weights (float32, eval mode) and its config; raises EnfError on misfit."""
     from enf.flows.molecules import MoleculeFlow
     from enf.models import build_model

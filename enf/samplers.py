@@ -1,10 +1,10 @@
 """Vectorised Metropolis sampling with many parallel chains: adaptive burn-in, R-hat-checked equilibration, thinning.
 
-A kernel does one sweep of every chain at a given step size. `run_chains` then:
-1. burn-in with step-size adaptation (Robbins-Monro on log step toward a target acceptance; adaptation stops here),
-2. equilibration windows at the frozen step until the split R-hat of every observable, over draws two integrated
+A kernel does one sweep of every chain at a given step size. `run_chains` runs three phases, a function each:
+1. `burn_in`: step-size adaptation (Robbins-Monro on log step toward a target acceptance; adaptation stops here),
+2. `equilibrate`: windows at the frozen step until the split R-hat of every observable, over draws two integrated
    autocorrelation times apart, is below `rhat_target` (or `max_sweeps` is spent: an error),
-3. sampling: `n_per_chain` draws per chain, `thin` sweeps apart, thin = ceil(measured IAT) unless given.
+3. `sample_chains`: `n_per_chain` draws per chain, `thin` sweeps apart, thin = ceil(measured IAT) unless given.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from enf.diagnostics import autocorr_time, effective_sample_size, rhat_noise, split_rhat
+from enf.diagnostics import autocorr_time, mcmc_effective_sample_size, rhat_noise, split_rhat
 from enf.energies import PairEnergy
 from enf.errors import EnfError
 
@@ -179,51 +179,39 @@ def _observe(x: Tensor, e: Tensor, observables: Observables | None) -> dict[str,
     return out
 
 
-def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSettings,
-               gen: torch.Generator, observables: Observables | None = None,
-               log: Callable[[str], None] | None = None) -> ChainResult:
-    """Run len(x0) chains through burn-in, equilibration and sampling; see the module docstring."""
-    if n_per_chain < 1:
-        raise EnfError(f"samples per chain must be at least 1, got {n_per_chain}")
-    chains = x0.shape[0]
-    if chains < 2:
-        raise EnfError(f"need at least 2 chains for R-hat, got {chains}")
-    say = log or (lambda _msg: None)
-    start = time.perf_counter()
-    x = x0.clone()
-    e = kernel.init(x)
-    if not bool(torch.isfinite(e).all()):
-        raise EnfError("some starting states have a non-finite energy")
-    target = settings.target_accept if settings.target_accept is not None else kernel.target_accept
+def burn_in(kernel: Kernel, x: Tensor, e: Tensor, settings: SamplerSettings, target: float,
+            gen: torch.Generator, energy_means: list[float]) -> tuple[Tensor, Tensor, float]:
+    """Phase 1: `settings.burn_in` sweeps adapting the step size toward acceptance `target` (Robbins-Monro on the
+    log step); returns the states, their reduced energies and the frozen step. Appends each sweep's mean energy."""
     log_step = math.log(settings.initial_step)
-    burn_means: list[float] = []
-
-    # 1. burn-in with step-size adaptation
     window_acc = x.new_zeros(())
     for s in range(settings.burn_in):
         x, e, acc = kernel.sweep(x, e, math.exp(log_step), gen)
         window_acc += acc.mean()
-        burn_means.append(float(e.mean()))
+        energy_means.append(float(e.mean()))
         if (s + 1) % settings.adapt_every == 0:
             rate = float(window_acc) / settings.adapt_every
             gain = 1.0 / math.sqrt(1 + (s + 1) / settings.adapt_every / 10)
             log_step += 2.0 * gain * (rate - target)
             window_acc.zero_()
-    step = math.exp(log_step)
-    say(f"burn-in: {settings.burn_in} sweeps, step size {step:.4g}")
+    return x, e, math.exp(log_step)
 
-    # 2. equilibration windows at the frozen step, until thinned split R-hat agrees
+
+def equilibrate(kernel: Kernel, x: Tensor, e: Tensor, step: float, settings: SamplerSettings, gen: torch.Generator,
+                n_trace: int, observables: Observables | None, energy_means: list[float],
+                say: Callable[[str], None]) -> tuple[Tensor, Tensor, int, dict[str, object]]:
+    """Phase 2: windows at the frozen step until the thinned split R-hat of every observable is below its limit
+    (one window when `settings.equilibrate` is off); returns the states, energies, sweeps spent (with the burn-in)
+    and the last window's diagnostics. Raises when `settings.max_sweeps` is spent first."""
     used = settings.burn_in
     window = settings.window
-    n_trace = min(settings.trace_chains, chains)
-    equil: dict[str, object] = {}
     while True:
         rec: dict[str, list[Tensor]] = {}
         acc_sum = 0.0
         for _ in range(window):
             x, e, acc = kernel.sweep(x, e, step, gen)
             acc_sum += float(acc.mean())
-            burn_means.append(float(e.mean()))
+            energy_means.append(float(e.mean()))
             for k, v in _observe(x[:n_trace], e[:n_trace], observables).items():
                 rec.setdefault(k, []).append(v.detach().to(torch.float64))
         used += window
@@ -235,25 +223,37 @@ def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSe
         rhats = {k: split_rhat(t[:, ::gap]) if draws >= 4 else None for k, t in traces.items()}   # None: too short
         # Below 3 standard deviations of its sampling noise R-hat cannot tell chains apart: never ask for less.
         limit = max(settings.rhat_target, 1 + 3 * rhat_noise(n_trace, draws))
-        equil = {"window": window, "iat": tau, "rhat_thinned": rhats, "rhat_limit": limit, "draws_per_chain": draws,
-                 "acceptance": acc_sum / window}
+        equil: dict[str, object] = {"window": window, "iat": tau, "rhat_thinned": rhats, "rhat_limit": limit,
+                                    "draws_per_chain": draws, "acceptance": acc_sum / window}
         say(f"equilibration window of {window} sweeps: IAT {tau:.3g}, R-hat "
             + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in rhats.items())
             + f" (limit {limit:.4f})")
         if not settings.equilibrate:
-            break
+            return x, e, used, equil
         if window >= settings.window_iats * tau and all(r is not None and r < limit for r in rhats.values()):
-            break
+            return x, e, used, equil
         if used >= settings.max_sweeps:
             raise EnfError(f"chains did not equilibrate within {settings.max_sweeps} sweeps (last window: IAT "
                            f"{tau:.3g}, thinned split R-hat {rhats}, target {settings.rhat_target}); increase "
                            "the burn-in or the sweep limit")
         window = max(window, math.ceil(1.25 * settings.window_iats * tau))   # margin: IAT estimates grow
-    thin = settings.thin or max(1, math.ceil(float(equil["iat"])))
-    say(f"{'equilibrated' if settings.equilibrate else 'quick mode, not checked for equilibrium,'} after {used} "
-        f"sweeps; thinning by {thin}")
 
-    # 3. sampling
+
+@dataclass
+class Draws:
+    """What the sampling phase keeps: samples and reduced energies (draws, chains, ...), their observables, the
+    every-sweep trace of the first chains and the mean acceptance."""
+
+    samples: Tensor
+    energies: Tensor
+    observables: dict[str, np.ndarray]
+    trace: dict[str, np.ndarray]
+    acceptance: float
+
+
+def sample_chains(kernel: Kernel, x: Tensor, e: Tensor, step: float, thin: int, n_per_chain: int,
+                  gen: torch.Generator, n_trace: int, observables: Observables | None) -> Draws:
+    """Phase 3: `n_per_chain` draws per chain, `thin` sweeps apart, tracing the first `n_trace` chains every sweep."""
     samples, energies = [], []
     kept_obs: dict[str, list[Tensor]] = {}
     trace: dict[str, list[Tensor]] = {}
@@ -268,21 +268,50 @@ def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSe
         energies.append(e.clone())
         for k, v in _observe(x, e, observables).items():
             kept_obs.setdefault(k, []).append(v.detach().to(torch.float64))
+    return Draws(torch.stack(samples), torch.stack(energies),
+                 {k: torch.stack(v, 0).numpy() for k, v in kept_obs.items()},   # (draws, chains)
+                 {k: torch.stack(v, 1).numpy() for k, v in trace.items()}, acc_sum / (n_per_chain * thin))
+
+
+def run_chains(kernel: Kernel, x0: Tensor, n_per_chain: int, settings: SamplerSettings,
+               gen: torch.Generator, observables: Observables | None = None,
+               log: Callable[[str], None] | None = None) -> ChainResult:
+    """Run len(x0) chains through `burn_in`, `equilibrate` and `sample_chains`; see the module docstring."""
+    if n_per_chain < 1:
+        raise EnfError(f"samples per chain must be at least 1, got {n_per_chain}")
+    chains = x0.shape[0]
+    if chains < 2:
+        raise EnfError(f"need at least 2 chains for R-hat, got {chains}")
+    say = log or (lambda _msg: None)
+    start = time.perf_counter()
+    x = x0.clone()
+    e = kernel.init(x)
+    if not bool(torch.isfinite(e).all()):
+        raise EnfError("some starting states have a non-finite energy")
+    target = settings.target_accept if settings.target_accept is not None else kernel.target_accept
+    energy_means: list[float] = []
+    x, e, step = burn_in(kernel, x, e, settings, target, gen, energy_means)
+    say(f"burn-in: {settings.burn_in} sweeps, step size {step:.4g}")
+    n_trace = min(settings.trace_chains, chains)
+    x, e, used, equil = equilibrate(kernel, x, e, step, settings, gen, n_trace, observables, energy_means, say)
+    thin = settings.thin or max(1, math.ceil(float(equil["iat"])))
+    say(f"{'equilibrated' if settings.equilibrate else 'quick mode, not checked for equilibrium,'} after {used} "
+        f"sweeps; thinning by {thin}")
+    draws = sample_chains(kernel, x, e, step, thin, n_per_chain, gen, n_trace, observables)
     sweeps = n_per_chain * thin
-    trace_np = {k: torch.stack(v, 1).numpy() for k, v in trace.items()}
-    kept_np = {k: torch.stack(v, 0).numpy() for k, v in kept_obs.items()}   # (draws, chains)
     diag = {
         "chains": chains, "samples_per_chain": n_per_chain, "step_size": step, "target_acceptance": target,
         "burn_in_sweeps": settings.burn_in, "equilibration_sweeps": used - settings.burn_in,
-        "sampling_sweeps": sweeps, "thin": thin, "acceptance": acc_sum / sweeps,
+        "sampling_sweeps": sweeps, "thin": thin, "acceptance": draws.acceptance,
         "equilibration": equil,
-        "iat_sweeps": {k: autocorr_time(t) for k, t in trace_np.items()} if sweeps >= 4 else {},
+        "iat_sweeps": {k: autocorr_time(t) for k, t in draws.trace.items()} if sweeps >= 4 else {},
         # R-hat from fewer than 8 draws per chain (4 per half) is mostly noise: not computed.
-        "split_rhat_samples": {k: split_rhat(v.T) for k, v in kept_np.items()} if n_per_chain >= 8 else {},
-        "ess_samples": {k: effective_sample_size(v.T) for k, v in kept_np.items()} if n_per_chain >= 4 else {},
+        "split_rhat_samples": {k: split_rhat(v.T) for k, v in draws.observables.items()} if n_per_chain >= 8 else {},
+        "ess_samples": {k: mcmc_effective_sample_size(v.T) for k, v in draws.observables.items()}
+        if n_per_chain >= 4 else {},
         "seconds": time.perf_counter() - start,
     }
-    return ChainResult(torch.stack(samples), torch.stack(energies), kept_np, trace_np, np.asarray(burn_means),
+    return ChainResult(draws.samples, draws.energies, draws.observables, draws.trace, np.asarray(energy_means),
                        diag)
 
 

@@ -33,6 +33,7 @@ from enf.geometry import random_orthogonal, random_rotation_2d, rotate
 from enf.history import STEP_FILE, StepHistory, read_steps
 from enf.io import atomic_path, write_json
 from enf.models import build_model
+from enf.objectives import build_objective, history_column
 from enf.version import code_version
 
 #: Every file a run writes in its directory (the output check of `enf train` makes sure none is an input).
@@ -133,8 +134,8 @@ class Trainer:
             amsgrad=bool(self.tcfg["amsgrad"]))
         self.clipper = (AdaptiveClipper(float(self.tcfg["clip_queue_init"]))
                         if self.tcfg["clip_grad"] == "adaptive" else None)
-        flow_params = getattr(self.model, "flow_parameters", None)
-        self.clip_params = list(flow_params() if flow_params else self.model.parameters())
+        self.clip_params = self.model.clip_parameters()
+        self.objective = build_objective(self.cfg)
         self.start_epoch = 0
         self.step = 0  # optimiser steps done (the global iteration)
         self.history: list[dict[str, Any]] = []
@@ -186,11 +187,12 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training split; every scalar the objective returns is logged per step and per epoch."""
         self.model.train()
         order = torch.randperm(self.n_train)
-        trace = self.cfg["flow"]["trace_train"]
-        weight = float(self.cfg["flow"]["regularization"])
-        sums = {"loss": 0.0, "nll": 0.0, "reg": 0.0, "nfe": 0.0, "grad_norm": 0.0, "clipped": 0}
+        sums: dict[str, float] = {}
+        grad_norms = 0.0
+        n_clipped = 0
         steps = 0
         start = step_start = time.perf_counter()
         bar = tqdm(batches(self.train_data, self.tcfg["batch_size"], order, drop_last=True),
@@ -200,24 +202,15 @@ class Trainer:
             if self.tcfg["augment_rotation"]:
                 batch = augment(batch)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.tcfg["objective"] == "flow_matching":
-                from enf.flow_matching import flow_matching_loss
-
-                out = flow_matching_loss(self.model, batch, self.cfg)
-                loss = out["loss"]
-                nll = reg = loss.new_zeros(())
-            else:
-                out = self.model.nll(batch, trace=trace)
-                nll = out["nll"].mean()
-                reg = out["reg"].mean()
-                loss = nll + weight * reg
+            out = self.objective.loss(self.model, batch)
+            loss = out["loss"]
             if not torch.isfinite(loss):
-                raise NumericalError(f"non-finite training loss at epoch {epoch}, step {steps} "
-                                     f"(nll {float(nll.detach())}, reg {float(reg.detach())})")
+                parts = ", ".join(f"{key} {float(value.detach())}" for key, value in out.items() if key != "loss")
+                raise NumericalError(f"non-finite training loss at epoch {epoch}, step {steps} ({parts})")
             loss.backward()
             if self.clipper:
                 norm, clipped = self.clipper(self.clip_params)
-                sums["clipped"] += int(clipped)
+                n_clipped += int(clipped)
             else:
                 norm = float(torch.nn.utils.clip_grad_norm_(self.clip_params, math.inf))
                 clipped = False
@@ -226,22 +219,18 @@ class Trainer:
             self.optimizer.step()
             steps += 1
             self.step += 1
-            values = {key: float(value.detach()) for key, value in (("loss", loss), ("nll", nll), ("reg", reg))}
+            values = {history_column(key): value.detach().item() for key, value in out.items()}
             for key, value in values.items():
-                sums[key] += value
-            nfe = self.model.cnf.last_nfe if self.tcfg["objective"] == "likelihood" else 0
-            sums["nfe"] += nfe
-            sums["grad_norm"] += norm
+                sums[key] = sums.get(key, 0.0) + value
+            grad_norms += norm
             now = time.perf_counter()
-            self.steps.append({"step": self.step, "epoch": epoch, "time": time.time(), "train_loss": values["loss"],
-                               "train_nll": values["nll"], "train_reg": values["reg"], "nfe": nfe, "grad_norm": norm,
+            self.steps.append({"step": self.step, "epoch": epoch, "time": time.time(), **values, "grad_norm": norm,
                                "clipped": int(clipped), "lr": self.optimizer.param_groups[0]["lr"],
                                "seconds": now - step_start})
             step_start = now
-            bar.set_postfix(nll=f"{float(nll.detach()):.3f}", nfe=self.model.cnf.last_nfe)
-        return {"epoch": epoch, "train_loss": sums["loss"] / steps, "train_nll": sums["nll"] / steps,
-                "train_reg": sums["reg"] / steps, "nfe": sums["nfe"] / steps,
-                "grad_norm": sums["grad_norm"] / steps, "clipped_steps": sums["clipped"], "steps": steps,
+            bar.set_postfix(loss=f"{values['train_loss']:.3f}", nfe=values.get("nfe", 0))
+        return {"epoch": epoch, **{key: value / steps for key, value in sums.items()},
+                "grad_norm": grad_norms / steps, "clipped_steps": n_clipped, "steps": steps,
                 "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
 
     def validate(self) -> dict[str, Any]:
@@ -257,7 +246,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(self.cfg, sort_keys=False))
-        if not resumed and hasattr(self.model, "initialize"):
+        if not resumed:
             first = batches(self.train_data, self.tcfg["batch_size"])[0]
             self.model.initialize(to_device(first, self.device), self.train_data)
         epochs = int(self.tcfg["epochs"])
@@ -327,15 +316,16 @@ class Trainer:
 
 
 def _summary(row: dict[str, Any]) -> str:
-    text = (f"epoch {row['epoch']}: train NLL {row['train_nll']:.4f}, nfe {row['nfe']:.1f}, "
-            f"{row['seconds']:.1f} s")
+    train = f"train NLL {row['train_nll']:.4f}" if "train_nll" in row else f"train loss {row['train_loss']:.4f}"
+    text = f"epoch {row['epoch']}: {train}, nfe {row['nfe']:.1f}, {row['seconds']:.1f} s"
     if "val_nll" in row:
         text += f", validation NLL {row['val_nll']:.4f}"
     return text
 
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_nll", "train_reg", "val_nll", "val_nll_sem", "nfe", "val_nfe",
-                   "grad_norm", "clipped_steps", "steps", "lr", "seconds", "val_seconds")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_nll", "train_reg", "train_transport_cost", "train_pairing_seconds",
+                   "val_nll", "val_nll_sem", "nfe", "val_nfe", "grad_norm", "clipped_steps", "steps", "lr", "seconds",
+                   "val_seconds")
 
 
 def write_history(history: list[dict[str, Any]], path: Path) -> None:

@@ -8,16 +8,16 @@ import pytest
 from enf.diagnostics import (
     autocorr_time,
     configurational_temperature,
-    effective_sample_size,
     ks_two_sample,
+    mcmc_effective_sample_size,
     mean_and_se,
     one_pair_per_sample,
-    pair_distances,
     rhat_noise,
     split_rhat,
     z_score,
 )
 from enf.errors import EnfError
+from enf.geometry import pair_distances
 
 
 def _ar1(phi: float, chains: int, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -35,7 +35,7 @@ def test_autocorr_time_of_ar1_and_iid() -> None:
     assert autocorr_time(_ar1(0.8, 100, 2000, rng)) == pytest.approx(9.0, rel=0.1)
     iid = rng.normal(size=(50, 400))
     assert autocorr_time(iid) == pytest.approx(1.0, abs=0.1)
-    assert effective_sample_size(iid) == pytest.approx(iid.size, rel=0.1)
+    assert mcmc_effective_sample_size(iid) == pytest.approx(iid.size, rel=0.1)
     assert autocorr_time(np.ones((3, 10))) == 1.0
 
 

@@ -224,7 +224,7 @@ def test_molecule_state_and_loss() -> None:
     charges = torch.tensor([1.0, 6, 7, 8, 9])[types] * mask
     batch = {"positions": pos, "mask": mask, "one_hot": one_hot, "charges": charges}
     model.initialize(batch)
-    xh, m, n_dim = fm.continuous_state(model, batch)
+    xh, m, n_dim = model.continuous_state(batch)
     assert xh.shape == (b, 6, 9) and m.shape == (b, 6) and n_dim == 3   # unused padding columns dropped
     assert (xh[m == 0] == 0).all() and xh[..., :3].sum(1).abs().max() < 1e-5
     for pairing in ("none", "equivariant_ot"):

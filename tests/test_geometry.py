@@ -109,3 +109,17 @@ def test_rotate_applies_each_sample_its_own_map() -> None:
     for i in range(6):
         assert torch.allclose(y[i], x[i] @ rot[i].T, atol=1e-12)
     assert torch.allclose(rotate(x, rot[0]), x @ rot[0].T, atol=1e-12)
+
+
+def test_one_pair_distance_function_for_every_caller() -> None:
+    """Unique pairs from torch and numpy agree, and the numpy matrix holds them above its diagonal."""
+    from enf.geometry import pair_distances
+
+    x = np.array([[[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]]])
+    assert pair_distances(x).tolist() == [[3.0, 4.0, 5.0]]
+    assert pair_distances(torch.as_tensor(x)).tolist() == [[3.0, 4.0, 5.0]]
+    y = np.random.default_rng(0).normal(size=(4, 5, 3))
+    full = pair_distances(y, matrix=True)
+    i, j = np.triu_indices(5, k=1)
+    np.testing.assert_allclose(full[:, i, j], pair_distances(y), rtol=1e-14)
+    np.testing.assert_allclose(pair_distances(torch.as_tensor(y)).numpy(), pair_distances(y), rtol=1e-14)

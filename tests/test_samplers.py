@@ -97,3 +97,21 @@ def test_refusals() -> None:
         run_chains(walls, x0, 5, SamplerSettings(burn_in=20, window=40, max_sweeps=200), _gen())
     with pytest.raises(EnfError, match="jump"):
         ParticleKernel(make_energy("dw4"), jump_prob=2.0)
+
+
+def test_run_chains_is_its_three_phases() -> None:
+    """`run_chains` = `burn_in`, `equilibrate`, `sample_chains` in turn on one generator (same seed, same draws)."""
+    from enf.samplers import burn_in, equilibrate, sample_chains
+
+    kernel = RandomWalkKernel(lambda x: 0.5 * x.pow(2).sum(-1))
+    x0 = torch.randn(40, 2, generator=_gen(), dtype=torch.float64)
+    settings = SamplerSettings(burn_in=30, window=20, initial_step=0.1, trace_chains=16, equilibrate=False)
+    res = run_chains(kernel, x0, 5, settings, _gen(1))
+    gen = _gen(1)
+    means: list[float] = []
+    x, e, step = burn_in(kernel, x0.clone(), kernel.init(x0), settings, kernel.target_accept, gen, means)
+    x, e, used, equil = equilibrate(kernel, x, e, step, settings, gen, 16, None, means, lambda _m: None)
+    draws = sample_chains(kernel, x, e, step, max(1, math.ceil(float(equil["iat"]))), 5, gen, 16, None)
+    assert torch.equal(res.samples, draws.samples) and torch.equal(res.energies, draws.energies)
+    assert list(res.burn_in_trace) == means and used == 50
+    assert res.diagnostics["step_size"] == step and res.diagnostics["acceptance"] == draws.acceptance

@@ -5,19 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from enf.io import atomic_path  # noqa: E402
+from enf.figures import plt, save_figure
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100, tight=False)
 
 
 def _hist_range(groups: Mapping[str, np.ndarray], lo_q: float = 0.001, hi_q: float = 0.999) -> tuple[float, float]:

@@ -29,12 +29,12 @@ from enf.diagnostics import (
     ks_two_sample,
     mean_and_se,
     one_pair_per_sample,
-    pair_distances,
     rhat_noise,
     z_score,
 )
 from enf.energies import LJ13_CONVENTIONS, PairEnergy, make_energy
 from enf.errors import EnfError
+from enf.geometry import pair_distances
 from enf.io import load_npz, read_json, save_npz
 from enf.samplers import ChainResult, ParticleKernel, SamplerSettings, run_chains, settings_dict
 

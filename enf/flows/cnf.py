@@ -8,6 +8,7 @@ vector-Jacobian product per coordinate), Hutchinson's estimate e^T (df/dxh) e wi
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -51,8 +52,38 @@ def exact_trace(out: Tensor, inp: Tensor, create_graph: bool) -> Tensor:
     return trace
 
 
+#: The divergence estimators of `AugmentedDynamics`, one of which `select_estimator` binds per solve and graph mode.
+ESTIMATORS = ("fused_hutchinson", "fused_exact", "vmap_exact", "closed_form", "exact_loop", "hutchinson")
+
+
+def select_estimator(trace: str, closed_form: bool, compiled: bool, keep_graph: bool, sample_numel: int,
+                     total_numel: int) -> str:
+    """The divergence estimator for a solve of states of `total_numel` elements (`sample_numel` per sample).
+
+    Compiled fields fuse the field with its Hutchinson term (with or without a graph) or, without a graph and up to
+    `EXACT_FUSED_MAX_DIM` coordinates per sample, with the exact trace; eager graph-less exact traces of small
+    states take every Jacobian row from one vmap-ed pass; otherwise the field's closed form, the loop of
+    backward passes (exact) or one vector-Jacobian product per evaluation (Hutchinson).
+    """
+    if compiled and not closed_form:
+        if trace == "hutchinson":
+            return "fused_hutchinson"
+        if not keep_graph and trace == "exact" and sample_numel <= EXACT_FUSED_MAX_DIM:
+            return "fused_exact"
+    if not keep_graph and trace == "exact" and not closed_form and total_numel <= EXACT_VMAP_MAX_ELEMENTS:
+        return "vmap_exact"
+    if closed_form:
+        return "closed_form"
+    return "exact_loop" if trace == "exact" else "hutchinson"
+
+
 class AugmentedDynamics(nn.Module):
-    """The ODE function of the CNF: the field plus its divergence and the kinetic/Frobenius regulariser."""
+    """The ODE function of the CNF: the field plus its divergence and the kinetic/Frobenius regulariser.
+
+    `bind` makes the view of one solve and picks its divergence estimator there (`select_estimator`), once for
+    evaluations with a graph and once without: the adjoint method evaluates one solve both ways (its forward
+    solve without, its backward pass with a graph).
+    """
 
     def __init__(self, field: VectorField, compile: bool = False) -> None:
         super().__init__()
@@ -64,39 +95,74 @@ class AugmentedDynamics(nn.Module):
         self.trace = "hutchinson"
         self.regularize = False
         self.nfe = 0
+        self.estimators: dict[bool, str] = {}
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         xh = state[0]
         self.nfe += 1
         keep_graph = torch.is_grad_enabled()
-        if self.compile and not self.field.closed_form_divergence:
-            if self.trace == "hutchinson":  # with a graph (training) or without (evaluation, adjoint's forward)
-                dxh, div, frob = self._fused()(t, xh if keep_graph else xh.detach(), self.noise, self.mask)
-                reg = dxh.pow(2).flatten(1).sum(1) + frob if self.regularize else torch.zeros_like(div)
-                if not keep_graph:
-                    dxh, div, reg = dxh.detach(), div.detach(), reg.detach()
-                return dxh, div, reg
-            if not keep_graph and self.trace == "exact" and xh[0].numel() <= EXACT_FUSED_MAX_DIM:
-                dxh, div = self._fused_exact()(t, xh, self.mask)
-                return dxh, div, torch.zeros_like(div)
-        if (not keep_graph and self.trace == "exact" and not self.field.closed_form_divergence
-                and xh.numel() <= EXACT_VMAP_MAX_ELEMENTS):
-            with torch.enable_grad():
-                dxh, div = exact_divergence(lambda y: self.field(t, y, self.mask), xh.detach())
-            return dxh, div, torch.zeros_like(div)
+        name = self.estimators.get(keep_graph) or self.select(keep_graph, xh.shape)
+        return _ESTIMATOR_METHODS[name](self, t, xh, keep_graph)
+
+    def select(self, keep_graph: bool, shape: torch.Size | tuple[int, ...]) -> str:
+        """The estimator (a name of `ESTIMATORS`) for states of `shape`, with or without a graph."""
+        sample_numel = math.prod(shape[1:])
+        return select_estimator(self.trace, self.field.closed_form_divergence, self.compile, keep_graph,
+                                sample_numel, sample_numel * shape[0])
+
+    def bind(self, mask: Tensor | None, noise: Tensor | None, trace: str, regularize: bool,
+             shape: torch.Size | tuple[int, ...] | None = None) -> AugmentedDynamics:
+        """A view for one solve of states of `shape` that shares the field, with its estimators chosen: the
+        adjoint's backward pass of a solve must see that solve's mask and probe, even when other solves (e.g.
+        groups of one batch) ran after it."""
+        view = copy.copy(self)
+        view.mask, view.noise, view.trace, view.regularize, view.nfe = mask, noise, trace, regularize, 0
+        view.estimators = {} if shape is None else {graph: view.select(graph, shape) for graph in (True, False)}
+        return view
+
+    # -- the estimators: (t, xh, keep_graph) -> (dxh, div, reg) -------------------------------------------------
+    def _fused_hutchinson(self, t: Tensor, xh: Tensor, keep_graph: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Compiled field and Hutchinson term in one graph, with a graph (training) or without (evaluation)."""
+        dxh, div, frob = self._fused()(t, xh if keep_graph else xh.detach(), self.noise, self.mask)
+        reg = dxh.pow(2).flatten(1).sum(1) + frob if self.regularize else torch.zeros_like(div)
+        if not keep_graph:
+            dxh, div, reg = dxh.detach(), div.detach(), reg.detach()
+        return dxh, div, reg
+
+    def _fused_exact(self, t: Tensor, xh: Tensor, keep_graph: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Compiled field and exact trace, without a graph."""
+        dxh, div = self._fused_exact_fn()(t, xh, self.mask)
+        return dxh, div, torch.zeros_like(div)
+
+    def _vmap_exact(self, t: Tensor, xh: Tensor, keep_graph: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Eager exact trace from one vmap-ed vector-Jacobian product, without a graph."""
+        with torch.enable_grad():
+            dxh, div = exact_divergence(lambda y: self.field(t, y, self.mask), xh.detach())
+        return dxh, div, torch.zeros_like(div)
+
+    def _closed_form(self, t: Tensor, xh: Tensor, keep_graph: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return self._autograd(t, xh, keep_graph, lambda dxh, y: (self.field.divergence(t, y, self.mask), None))
+
+    def _exact_loop(self, t: Tensor, xh: Tensor, keep_graph: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return self._autograd(t, xh, keep_graph, lambda dxh, y: (exact_trace(dxh, y, create_graph=keep_graph), None))
+
+    def _hutchinson(self, t: Tensor, xh: Tensor, keep_graph: bool) -> tuple[Tensor, Tensor, Tensor]:
+        def estimate(dxh: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+            e_jac = torch.autograd.grad(dxh, y, self.noise, create_graph=keep_graph)[0]
+            frob = e_jac.pow(2).flatten(1).sum(1) if self.regularize else None
+            return (e_jac * self.noise).flatten(1).sum(1), frob
+
+        return self._autograd(t, xh, keep_graph, estimate)
+
+    def _autograd(self, t: Tensor, xh: Tensor, keep_graph: bool,
+                  divergence: Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]) -> tuple[Tensor, Tensor,
+                                                                                                  Tensor]:
+        """Eager field, its divergence by `divergence(dxh, xh) -> (div, Frobenius term or None)`, regulariser."""
         with torch.enable_grad():
             if not keep_graph or not xh.requires_grad:  # the adjoint's forward solve passes graph-less states
                 xh = xh.detach().requires_grad_(True)
             dxh = self.field(t, xh, self.mask)
-            frob = None
-            if self.field.closed_form_divergence:
-                div = self.field.divergence(t, xh, self.mask)
-            elif self.trace == "exact":
-                div = exact_trace(dxh, xh, create_graph=keep_graph)
-            else:
-                e_jac = torch.autograd.grad(dxh, xh, self.noise, create_graph=keep_graph)[0]
-                div = (e_jac * self.noise).flatten(1).sum(1)
-                frob = e_jac.pow(2).flatten(1).sum(1) if self.regularize else None
+            div, frob = divergence(dxh, xh)
             if self.regularize:
                 if frob is None:  # exact or closed-form trace: Frobenius norm still by one probe
                     e_jac = torch.autograd.grad(dxh, xh, self.noise, create_graph=keep_graph)[0]
@@ -107,13 +173,6 @@ class AugmentedDynamics(nn.Module):
         if not keep_graph:
             dxh, div, reg = dxh.detach(), div.detach(), reg.detach()
         return dxh, div, reg
-
-    def bind(self, mask: Tensor | None, noise: Tensor | None, trace: str, regularize: bool) -> AugmentedDynamics:
-        """A view for one solve that shares the field: the adjoint's backward pass of a solve must see that
-        solve's mask and probe, even when other solves (e.g. groups of one batch) ran after it."""
-        view = copy.copy(self)
-        view.mask, view.noise, view.trace, view.regularize, view.nfe = mask, noise, trace, regularize, 0
-        return view
 
     def _fused(self) -> Any:
         """torch.compile of (field, Hutchinson term) in one graph: about 2-3x faster per training evaluation.
@@ -136,7 +195,7 @@ class AugmentedDynamics(nn.Module):
             self._cache["fused"] = torch.compile(fused)
         return self._cache["fused"]
 
-    def _fused_exact(self) -> Any:
+    def _fused_exact_fn(self) -> Any:
         """torch.compile of (field, exact trace) for evaluation without a graph: all rows e_k^T J of the Jacobian
         from one vmap-ed vector-Jacobian product instead of a Python loop of backward passes."""
         if "exact" not in self._cache:
@@ -147,6 +206,12 @@ class AugmentedDynamics(nn.Module):
 
             self._cache["exact"] = torch.compile(fused_exact)
         return self._cache["exact"]
+
+
+_ESTIMATOR_METHODS: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
+    "fused_hutchinson": AugmentedDynamics._fused_hutchinson, "fused_exact": AugmentedDynamics._fused_exact,
+    "vmap_exact": AugmentedDynamics._vmap_exact, "closed_form": AugmentedDynamics._closed_form,
+    "exact_loop": AugmentedDynamics._exact_loop, "hutchinson": AugmentedDynamics._hutchinson}
 
 
 class CNF(nn.Module):
@@ -201,7 +266,7 @@ class CNF(nn.Module):
         """Encode: integrate data xh (t=0) to latent z (t=1); return z, log|det dz/dx| (B,) and reg (B,)."""
         trace = trace or self.trace
         regularize = self.regularization > 0 and torch.is_grad_enabled()
-        dyn = self.dynamics.bind(mask, self._noise_for(xh, mask, trace, regularize), trace, regularize)
+        dyn = self.dynamics.bind(mask, self._noise_for(xh, mask, trace, regularize), trace, regularize, xh.shape)
         zeros = xh.new_zeros(xh.shape[0])
         times = torch.tensor([0.0, 1.0], dtype=xh.dtype, device=xh.device)
         zt, logdet, reg = self._solve(dyn, (xh, zeros, zeros.clone()), times)
@@ -219,7 +284,7 @@ class CNF(nn.Module):
         """Invert z (t=1) to x (t=0) together with log|det dz/dx| from the same solve (the field's divergence
         integrated along the path), so that log q(x) = log p(z) + log_det without a second, forward solve."""
         trace = trace or self.trace
-        dyn = self.dynamics.bind(mask, self._noise_for(z, mask, trace, False), trace, False)
+        dyn = self.dynamics.bind(mask, self._noise_for(z, mask, trace, False), trace, False, z.shape)
         zeros = z.new_zeros(z.shape[0])
         times = torch.tensor([1.0, 0.0], dtype=z.dtype, device=z.device)
         xs, acc, _ = self._solve(dyn, (z, zeros, zeros.clone()), times)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from enf.errors import EnfError, NumericalError
 from enf.flows.actnorm import ActNorm
+from enf.flows.base import DensityModel
 from enf.flows.cnf import CNF
 from enf.flows.dequantize import ArgmaxVariationalDequantizer
 from enf.flows.distributions import (
@@ -31,14 +32,12 @@ from enf.geometry import remove_mean
 SIZE_PROB_FLOOR = 1e-30
 
 
-class MoleculeFlow(nn.Module):
+class MoleculeFlow(DensityModel):
     """-log p(x, h, M) for molecules (positions, one-hot atom types, atomic numbers) and sampling from it.
 
     Submodules: `dequantizer` (argmax + variational, with its EGNN q-network), `actnorm` (or None) and `cnf`.
     Buffer `size_probs` (max_nodes + 1,) holds p(M), fitted to the training split's histogram.
     """
-
-    kind = "molecules"
 
     def __init__(self, cnf: CNF, max_nodes: int, n_dim: int = 3, n_categories: int = 5,
                  dequantizer_nf: int = 64, dequantizer_layers: int = 4, actnorm: bool = True,
@@ -91,7 +90,7 @@ class MoleculeFlow(nn.Module):
             v, _ = self.dequantizer(x, first_batch["one_hot"], first_batch["charges"], mask)
             self.actnorm.initialize(torch.cat([x, v], dim=-1), mask)
 
-    def flow_parameters(self) -> list[nn.Parameter]:
+    def clip_parameters(self) -> list[nn.Parameter]:
         """The parameters that adaptive gradient clipping watches: ActNorm and the CNF, not the q-network."""
         params = list(self.cnf.parameters())
         if self.actnorm is not None:
@@ -125,12 +124,14 @@ class MoleculeFlow(nn.Module):
         self.cnf.last_nfe = round(sum(nfes) / len(nfes))
         return {k: torch.cat([p[k] for p in parts])[inverse] for k in parts[0]}
 
-    def _nll_group(self, batch: dict[str, Tensor], trace: str | None,
-                   eps: Tensor | None) -> dict[str, Tensor]:
-        """`nll` for one solve: padding columns that no molecule uses are dropped first (as the authors'
-        collate does), which changes nothing but the cost."""
+    def _preprocess(self, batch: dict[str, Tensor],
+                    eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """The CNF's t = 0 state of a batch: (xh, mask, log q(v | x, h), ActNorm's log-det, kept columns).
+
+        Padding columns that no molecule uses are dropped first (as the authors' collate does), which changes
+        nothing but the cost; `cols` are the kept columns (None when all are used).
+        """
         mask = batch["mask"]
-        width = mask.shape[1]
         used = mask.bool().any(0)
         cols = used.nonzero().squeeze(1) if not bool(used.all()) else None
         pos, one_hot, charges = batch["positions"], batch["one_hot"], batch["charges"]
@@ -143,8 +144,26 @@ class MoleculeFlow(nn.Module):
         log_det = xh.new_zeros(xh.shape[0])
         if self.actnorm is not None:
             xh, log_det = self.actnorm(xh, mask)
+        return xh, mask, log_q, log_det, cols
+
+    @torch.no_grad()
+    def continuous_state(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, int]:
+        """Centred positions and dequantised features after ActNorm, exactly what the CNF sees in `nll` (unused
+        padding columns dropped). The dequantiser and ActNorm get no gradient through this state."""
+        xh, mask, _, _, _ = self._preprocess(batch)
+        return xh, mask, int(self.n_dim)
+
+    def base_log_prob(self, z: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Zero-centre-of-mass Gaussian on the positions times a standard Gaussian on the features."""
+        return com_free_gaussian_log_prob(z[..., : self.n_dim], mask) + gaussian_log_prob(z[..., self.n_dim:], mask)
+
+    def _nll_group(self, batch: dict[str, Tensor], trace: str | None,
+                   eps: Tensor | None) -> dict[str, Tensor]:
+        """`nll` for one solve."""
+        width = batch["mask"].shape[1]
+        xh, mask, log_q, log_det, cols = self._preprocess(batch, eps)
         z, ode_log_det, reg = self.cnf(xh, mask, trace=trace)
-        log_pz = com_free_gaussian_log_prob(z[..., : self.n_dim], mask) + gaussian_log_prob(z[..., self.n_dim:], mask)
+        log_pz = self.base_log_prob(z, mask)
         log_pm = self.log_size_prob(mask.sum(1))
         delta_logp = log_det + ode_log_det
         nll = -(log_pz + delta_logp - log_q + log_pm)

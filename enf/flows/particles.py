@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from enf.flows.base import DensityModel
 from enf.flows.cnf import CNF
 from enf.flows.distributions import com_free_gaussian_log_prob, sample_com_free_gaussian
 from enf.geometry import remove_mean
 
 
-class ParticleFlow(nn.Module):
+class ParticleFlow(DensityModel):
     """p(x) for configurations x (B, N, D) with their centre of mass removed.
 
     `nll` returns per-sample negative log-likelihoods in nats on the (N-1)*D dimensional subspace.
     """
-
-    kind = "particles"
 
     def __init__(self, cnf: CNF, n_particles: int, n_dim: int) -> None:
         super().__init__()
@@ -24,11 +23,22 @@ class ParticleFlow(nn.Module):
         self.n_particles = n_particles
         self.n_dim = n_dim
 
+    @property
+    def event_shape(self) -> tuple[int, int]:
+        return (self.n_particles, self.n_dim)
+
+    def continuous_state(self, batch: dict[str, Tensor]) -> tuple[Tensor, None, int]:
+        """Centred positions: what `nll` integrates."""
+        return remove_mean(batch["positions"]), None, int(self.n_dim)
+
+    def base_log_prob(self, z: Tensor, mask: Tensor | None = None) -> Tensor:
+        return com_free_gaussian_log_prob(z, mask)
+
     def nll(self, batch: dict[str, Tensor], trace: str | None = None) -> dict[str, Tensor]:
         """Per-sample NLL (B,) and the regulariser (B,) for `batch['positions']`."""
-        x = remove_mean(batch["positions"])
-        z, log_det, reg = self.cnf(x, None, trace=trace)
-        log_px = com_free_gaussian_log_prob(z) + log_det
+        x, mask, _ = self.continuous_state(batch)
+        z, log_det, reg = self.cnf(x, mask, trace=trace)
+        log_px = self.base_log_prob(z, mask) + log_det
         return {"nll": -log_px, "reg": reg, "z": z}
 
     @torch.no_grad()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from enf.errors import EnfError
-from enf.metrics.stability import DEFAULT_CHUNK, pairwise_distances
+from enf.geometry import pair_distances
+from enf.metrics.stability import DEFAULT_CHUNK
 
 N_BINS = 100
 MAX_DIST = 13.0
@@ -36,7 +37,7 @@ def rel_dist_histogram(positions: np.ndarray, atom_mask: np.ndarray | None = Non
     counts = np.zeros(n_bins, dtype=np.int64)
     for start in range(0, n, chunk):
         block = slice(start, start + chunk)
-        dist = pairwise_distances(positions[block])
+        dist = pair_distances(positions[block], matrix=True)
         pairs = mask[block, :, None] & mask[block, None, :] & off_diagonal
         d = dist[pairs & np.isfinite(dist)]
         index = np.minimum((d / max_dist * n_bins).astype(np.int64), n_bins - 1)

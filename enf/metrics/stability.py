@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from enf.errors import EnfError
+from enf.geometry import pair_distances
 
 ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F")
 VALENCES: np.ndarray = np.array([1, 4, 3, 2, 1], dtype=np.int64)
@@ -53,13 +54,6 @@ def check_atom_types(atom_types: np.ndarray, atom_mask: np.ndarray, where: str =
                        f"outside 0..{len(ELEMENTS) - 1} ({', '.join(ELEMENTS)})")
 
 
-def pairwise_distances(positions: np.ndarray) -> np.ndarray:
-    """(n, A, A) Euclidean distances of a padded batch (n, A, 3), in float64."""
-    x = np.asarray(positions, dtype=np.float64)
-    diff = x[:, :, None, :] - x[:, None, :, :]
-    return np.sqrt(np.einsum("nijk,nijk->nij", diff, diff))
-
-
 def bond_orders(positions: np.ndarray, atom_types: np.ndarray, atom_mask: np.ndarray | None = None) -> np.ndarray:
     """(n, A, A) int8 bond orders 0..3 from distances; zero on the diagonal, at padding and at NaN distances."""
     positions = np.asarray(positions)
@@ -70,7 +64,7 @@ def bond_orders(positions: np.ndarray, atom_types: np.ndarray, atom_mask: np.nda
     mask = np.ones(types.shape, dtype=bool) if atom_mask is None else np.asarray(atom_mask, dtype=bool)
     check_atom_types(types, mask)
     types = np.where(mask, types, 0)  # padding gets a harmless index; its pairs are masked below
-    dist = pairwise_distances(positions)
+    dist = pair_distances(positions, matrix=True)
     ti, tj = types[:, :, None], types[:, None, :]
     single, double, triple = (THRESHOLDS_A[k][ti, tj] for k in range(3))
     with np.errstate(invalid="ignore"):  # NaN distances compare False: no bond

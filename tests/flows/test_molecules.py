@@ -134,7 +134,7 @@ def test_nll_is_invariant_to_rotations_translations_and_atom_order() -> None:
 
 def test_clipping_watches_the_flow_not_the_q_network() -> None:
     flow = tiny_flow()
-    ids = {id(p) for p in flow.flow_parameters()}
+    ids = {id(p) for p in flow.clip_parameters()}
     assert all(id(p) in ids for p in flow.cnf.parameters())
     assert all(id(p) in ids for p in flow.actnorm.parameters())
     assert not any(id(p) in ids for p in flow.dequantizer.parameters())

@@ -68,7 +68,8 @@ MAX_TAG_LENGTH = 8000
 
 #: The per-iteration history `enf train` appends to as it trains (enf/history.py) and the metrics logged from it.
 STEP_FILE = "history_steps.csv"
-TRAIN_METRICS = ("train_loss", "train_nll", "train_reg", "nfe", "grad_norm", "lr", "seconds")
+TRAIN_METRICS = ("train_loss", "train_nll", "train_reg", "train_transport_cost", "train_pairing_seconds", "nfe",
+                 "grad_norm", "lr", "seconds")
 VALID_METRICS = ("val_nll", "val_nll_sem", "val_nfe", "val_seconds", "epoch")
 FULL_RESOLUTION_STEPS = 10_000
 ORIGIN_TAG = "history_origin"

@@ -145,7 +145,7 @@ def test_evaluate_cli_with_boltzmann(dw4_dir: Path, tmp_path: Path) -> None:
 def test_ess_table_script(tmp_path: Path) -> None:
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "make_ess_table.py"
+    script = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "make_ess_table.py"
     spec = importlib.util.spec_from_file_location("make_ess_table", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -165,3 +165,19 @@ def test_ess_table_script(tmp_path: Path) -> None:
     assert "| DW4 | 1000 | E-NF, flow matching (ours) | 60.00 ± 14.14 | 50.00 ± 14.14 |" in md
     assert "| LJ13 | 10 | E-NF | not run |" in md
     assert (tmp_path / "ess.csv").is_file()
+
+
+def test_a_model_of_variable_size_samples_is_refused() -> None:
+    """The interface's `event_shape` (None: variable-size samples, e.g. molecules) decides, not a kind string."""
+
+    class Variable(ParticleFlow):
+        @property
+        def event_shape(self) -> None:
+            return None
+
+    base = _base_model()
+    model = Variable(base.cnf, 4, 2)
+    with pytest.raises(EnfError, match="fixed-size"):
+        bz.sample_with_log_prob(model, 2)
+    with pytest.raises(EnfError, match="fixed-size"):
+        bz.data_log_prob(model, torch.zeros(2, 4, 2))
