@@ -120,6 +120,23 @@ def test_flow_matching_rows_train_with_their_own_budgets(tmp_path: Path) -> None
     assert "--set=train.eval_every=20" in commands["enf"] and "train.lr" not in commands["enf"]
 
 
+def test_budgets_come_from_enf_unless_the_config_gives_them(tmp_path: Path) -> None:
+    """config.yaml gives no budgets: each training size trains at enf's protocol budget (enf/data/datasets.py),
+    and a size the config does give a budget trains at that one."""
+    override = tmp_path / "override.yaml"
+    override.write_text('experiments:\n  dw4:\n    budgets:\n      "100": {epochs: 7, eval_every: 1, batch_size: 50}\n')
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "config.yaml"), str(override), "--",
+                    "results/runs/dw4/enf/n100/seed0/checkpoint.pt", "results/runs/dw4/enf/n1000/seed0/checkpoint.pt",
+                    "results/runs/qm9/enf/nall/seed0/checkpoint.pt")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    commands = {n: next(line for line in out.splitlines() if "enf train" in line and f"/{n}/seed0 " in line)
+                for n in ("dw4/enf/n100", "dw4/enf/n1000", "qm9/enf/nall")}
+    assert "--epochs 7 --set=train.batch_size=50 --set=train.eval_every=1 " in commands["dw4/enf/n100"]
+    assert "--epochs 300 --set=train.batch_size=100 --set=train.eval_every=5 " in commands["dw4/enf/n1000"]
+    assert "--epochs 100 --set=train.batch_size=128 --out" in commands["qm9/enf/nall"]
+
+
 @pytest.mark.parametrize("override, where, what", [
     ("experiments:\n  dw4:\n    set: {train.lrr: 1}\n", "experiments.dw4.set", "unknown config key 'train.lrr'"),
     ("models:\n  enf: {label: E-NF, set: {flow.method: euler2}}\n", "models.enf.set", "flow.method must be one of"),
