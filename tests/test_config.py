@@ -254,9 +254,12 @@ def test_the_command_lines_choices_are_the_declared_ones() -> None:
 
 
 def test_the_workflow_schema_allows_the_declared_choices() -> None:
+    """The workflow's schema cannot import enf: its copies of enf's choices and defaults are pinned here."""
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     defs, props = schema["$defs"], schema["properties"]
     assert defs["evaluate"]["properties"]["trace"]["enum"] == [*TRACES, None]
     assert tuple(props["boltzmann"]["properties"]["trace"]["enum"]) == TRACES
-    assert tuple(props["flow_matching"]["properties"]["pairing"]["enum"]) == PAIRINGS
+    fm = props["flow_matching"]["properties"]
+    assert tuple(fm["pairing"]["enum"]) == PAIRINGS
+    assert {key: fm[key]["default"] for key in BASE["flow_matching"]} == BASE["flow_matching"]
     assert sorted(props["experiments"]["propertyNames"]["enum"]) == DATASETS.names()
