@@ -16,6 +16,8 @@ from enf.io import load_npz
 from enf.registry import Registry
 
 SPLITS = ("train", "valid", "test")
+#: The settings a training budget consists of (the workflow's `experiments.<set>.budgets` hold these).
+BUDGET_KEYS = ("epochs", "eval_every", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -43,16 +45,12 @@ class DatasetSpec:
         i = max(bisect.bisect_right(sizes, n_train) - 1, 0)
         return {"train": dict(self.budgets[sizes[i]])}
 
-
     def protocol_budget(self, n_train: int | None) -> dict[str, Any]:
         """The protocol's training budget for `n_train` samples (None: the whole split): the keys of BUDGET_KEYS
         that this data set declares, from its `train` defaults and its `budgets`."""
         train = {**self.defaults.get("train", {}), **self.budget(n_train).get("train", {})}
         return {key: train[key] for key in BUDGET_KEYS if key in train}
 
-
-#: The settings a training budget consists of (the workflow's `experiments.<set>.budgets` hold these).
-BUDGET_KEYS = ("epochs", "eval_every", "batch_size")
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
