@@ -55,6 +55,13 @@ class DatasetSpec:
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
+def protocol_budgets(dataset: str, sizes: list[str]) -> dict[str, dict[str, Any]]:
+    """{size: the protocol's training budget} for training sizes as the workflow writes them ('100', 'all'): the
+    workflow's configurations and tables take the protocol's budgets from here instead of repeating them."""
+    spec = DATASETS.get(dataset)
+    return {str(n): spec.protocol_budget(None if str(n) == "all" else int(n)) for n in sizes}
+
+
 def _register(spec: DatasetSpec) -> None:
     DATASETS.register(spec.name)(spec)
 

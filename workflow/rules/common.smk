@@ -104,10 +104,9 @@ def _protocol_budgets(ds, sizes):
         raise WorkflowError(f"config: experiments.{ds}.budgets has no entry for the training size(s) "
                             f"{', '.join(sizes)} of experiments.{ds}.n_train, and enf, which declares the "
                             "protocol's, is not importable here; give them in the config")
-    from enf.data.datasets import DATASETS
+    from enf.data.datasets import protocol_budgets
 
-    spec = DATASETS.get(ds)
-    return {n: spec.protocol_budget(None if n == "all" else int(n)) for n in sizes}
+    return protocol_budgets(ds, sizes)
 
 
 def _check_config():
