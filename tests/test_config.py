@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # -- merge order -------------------------------------------------------------------------------------------------
 # (dataset, model, n_train, key, the value after each level is merged): BASE < data set < model < the model's
-# settings for this data set < the budget for n_train; each row's key changes at two levels or more.
+# settings for this data set < the budget for n_train. Together the rows see every level override the one below;
+# `resolve` must end at the last value.
 LAYERS = [
     ("qm9", "gnf", None, "train.lr", [5e-4, 2e-4, 1e-3, 5e-4]),                     # BASE, qm9, gnf, gnf on qm9
     ("qm9_positional", "simple_dynamics", None, "flow.regularization", [0.0, 1e-3, 0.0]),  # BASE, data set, model
