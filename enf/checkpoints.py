@@ -146,8 +146,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[DensityModel, dict[str, Any]]:
-    """Rebuild the model that `checkpoint.pt` describes and load its weights; return (model, payload)."""
-    from enf.config import validate
+    """Rebuild the model that `checkpoint.pt` describes and load its weights; return (model, payload).
+
+    Settings declared after the checkpoint was written take their defaults (payload['config'] shows them).
+    """
+    from enf.config import complete, validate
     from enf.models import build_model
 
     payload = load(path)
@@ -157,6 +160,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[De
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise EnfError(f"{path}: holds no model weights (name -> tensor)")
     try:
+        cfg = payload["config"] = complete(cfg)
         validate(cfg)
     except EnfError as err:
         raise EnfError(f"{path}: its config is invalid: {err}") from None

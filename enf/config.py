@@ -1,7 +1,8 @@
 """Configuration: one nested dict, resolved in a fixed order so that every run records what it used.
 
 Order (later wins): BASE < the data set's defaults < the model's defaults < the model's defaults for this
-data set (`by_dataset`) < the data set's budget for the training size < a YAML file < `--set key=value`.
+data set (`by_dataset`) < the data set's budget for the training size < a YAML file < `--set key=value` < the
+command-line options that set one key (--seed, --epochs, --device, --objective).
 Unknown keys are refused by name: every settable key appears in the resolved defaults. What each key accepts
 is declared once, in SETTINGS below the defaults, and `validate` checks a resolved config against it.
 """
@@ -31,6 +32,7 @@ OBJECTIVES = ("likelihood", "flow_matching")
 CLIP_GRADS = ("none", "adaptive")
 DTYPES = ("float32", "float64")
 KERNEL_VARIANTS = ("standard", "lj13")
+ACTNORM_POSITION_LOGDETS = ("all", "subspace")  # see enf/flows/actnorm.py
 
 BASE: dict[str, Any] = {
     "dataset": None,
@@ -159,7 +161,11 @@ SETTINGS: dict[str, Setting] = {
     "model.mlp_hidden": Setting(list, items=int, minimum=1),
     "model.variant": Setting(str, choices=KERNEL_VARIANTS),
     "model.n_time_rbf": Setting(int, minimum=1),
-    "model.actnorm": Setting(bool),                             # recorded by `enf import-en-flows`
+    "model.actnorm": Setting(bool),                             # the QM9 flow's keys (enf/flows/molecules.py)
+    "model.actnorm_position_logdet": Setting(str, choices=ACTNORM_POSITION_LOGDETS),
+    "model.dequantizer_nf": Setting(int, minimum=1),
+    "model.dequantizer_layers": Setting(int, minimum=1),
+    "model.group_size": Setting(int, minimum=0),                # 0: solve a batch in one group
     "flow.method": Setting(str, choices=ODE_METHODS),
     "flow.rtol": Setting(float, positive=True),
     "flow.atol": Setting(float, positive=True),
@@ -257,11 +263,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(dataset: str, model: str, n_train: int | None = None, file_cfg: dict[str, Any] | None = None,
-            sets: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The full config for training `model` on `dataset` with `n_train` samples.
+def defaults(dataset: str, model: str, n_train: int | None = None) -> dict[str, Any]:
+    """The config of `model` on `dataset` before any file or --set: every settable key with its default.
 
-    `options` holds the settings of dedicated command-line options (--seed, --epochs, ...): they win over `sets`.
+    BASE < the data set's defaults < the model's < the model's for this data set < the budget for `n_train`.
     """
     from enf.data.datasets import DATASETS
     from enf.models import VECTOR_FIELDS
@@ -276,8 +281,16 @@ def resolve(dataset: str, model: str, n_train: int | None = None, file_cfg: dict
     cfg["model"]["name"] = model
     if n_train is not None:
         cfg["train"]["n_train"] = int(n_train)
-    cfg = deep_merge(cfg, spec.budget(cfg["train"]["n_train"]))
-    defaults = cfg
+    return deep_merge(cfg, spec.budget(cfg["train"]["n_train"]))
+
+
+def resolve(dataset: str, model: str, n_train: int | None = None, file_cfg: dict[str, Any] | None = None,
+            sets: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full config for training `model` on `dataset` with `n_train` samples.
+
+    `options` holds the settings of dedicated command-line options (--seed, --epochs, ...): they win over `sets`.
+    """
+    cfg = base = defaults(dataset, model, n_train)
     for source in (file_cfg or {}), (sets or {}), (options or {}):
         source = copy.deepcopy(source)
         for fixed in ("dataset",):
@@ -287,8 +300,32 @@ def resolve(dataset: str, model: str, n_train: int | None = None, file_cfg: dict
         if "model" in source and isinstance(source["model"], dict) and source["model"].get("name", model) != model:
             raise EnfError(f"config key 'model.name' = {source['model']['name']!r} contradicts --model {model}")
         cfg = deep_merge(cfg, source, strict=True)
-    validate(cfg, defaults)
+    validate(cfg, base)
     return cfg
+
+
+def complete(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a checkpoint's) with the keys declared since it was written added at their defaults.
+
+    Keys it holds keep their values, so an older run rebuilds the model it trained.
+    """
+    model, train = cfg.get("model"), cfg.get("train")
+    if not (isinstance(cfg.get("dataset"), str) and isinstance(model, dict) and isinstance(model.get("name"), str)
+            and isinstance(train, dict)):
+        return copy.deepcopy(cfg)  # not a config enf wrote: `validate` says what is wrong with it
+    n_train = train.get("n_train")
+    return _fill(cfg, defaults(cfg["dataset"], model["name"], n_train if isinstance(n_train, int) else None))
+
+
+def _fill(tree: dict[str, Any], fallback: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `tree` with every key of `fallback` it lacks added (recursively)."""
+    out = copy.deepcopy(tree)
+    for key, value in fallback.items():
+        if key not in out:
+            out[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _fill(out[key], value)
+    return out
 
 
 def validate(cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
@@ -306,8 +343,14 @@ def validate(cfg: dict[str, Any], defaults: dict[str, Any] | None = None) -> Non
             raise EnfError(f"unknown config key {key!r} (not declared in enf.config.SETTINGS)")
         if setting.nullable and defaults is not None and _lookup(defaults, key) is not None:
             setting = replace(setting, nullable=False)
-        if not setting.accepts(value):
-            raise EnfError(f"{key} must be {setting.describe()}, got {value!r}")
+        check_setting(key, value, setting)
+
+
+def check_setting(key: str, value: Any, setting: Setting | None = None) -> None:
+    """Refuse `value` for the dotted `key` unless its declaration (SETTINGS[key] by default) accepts it."""
+    setting = setting or SETTINGS[key]
+    if not setting.accepts(value):
+        raise EnfError(f"{key} must be {setting.describe()}, got {value!r}")
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import time
 import weakref
 from typing import Any
@@ -38,7 +37,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from enf.config import PAIRINGS
+from enf.config import PAIRINGS, check_setting
 from enf.errors import EnfError
 from enf.flows.base import DensityModel
 from enf.flows.distributions import sample_com_free_gaussian, sample_gaussian
@@ -59,18 +58,11 @@ ALIGN_CANDIDATES: int | None = None
 
 # -- settings -------------------------------------------------------------------------------------------
 def fm_settings(cfg: dict[str, Any]) -> tuple[str, float]:
-    """(pairing, sigma) from `cfg['flow_matching']`, checked; a bad value names its key."""
-    section = cfg.get("flow_matching") or {}
-    pairing = section.get("pairing", "none")
-    if pairing not in PAIRINGS:
-        raise EnfError(f"flow_matching.pairing must be one of {PAIRINGS}, got {pairing!r}")
-    try:
-        sigma = float(section.get("sigma", 0.0))
-    except (TypeError, ValueError):
-        raise EnfError(f"flow_matching.sigma must be a number >= 0, got {section.get('sigma')!r}") from None
-    if not (sigma >= 0 and math.isfinite(sigma)):
-        raise EnfError(f"flow_matching.sigma must be a number >= 0, got {section.get('sigma')!r}")
-    return pairing, sigma
+    """(pairing, sigma) of `cfg['flow_matching']`, checked against their declarations; a bad value names its key."""
+    section = cfg["flow_matching"]
+    for key in ("pairing", "sigma"):
+        check_setting(f"flow_matching.{key}", section[key])
+    return section["pairing"], float(section["sigma"])
 
 
 # -- geometry of one pair ------------------------------------------------------------------------------------

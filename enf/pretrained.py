@@ -114,13 +114,10 @@ def config_from_args(args: dict[str, Any], args_path: str | Path = "args.json") 
             problems.append(f"{key} = {args[key]!r} (expected a positive integer)")
     if problems:
         raise EnfError(f"{args_path}: model options enf cannot reproduce: " + "; ".join(problems))
-    model = {MODEL_ARGS[k]: args[k] for k in MODEL_ARGS if k != "actnorm"}
-    sets: dict[str, Any] = {"model": model}
+    sets: dict[str, Any] = {"model": {MODEL_ARGS[k]: args[k] for k in MODEL_ARGS}}
     if isinstance(args.get("lr"), float):
         sets["train"] = {"lr": args["lr"]}
-    cfg = resolve("qm9", "enf", sets=sets)
-    cfg["model"]["actnorm"] = bool(args["actnorm"])
-    return cfg
+    return resolve("qm9", "enf", sets=sets)
 
 
 def map_state(flow: dict[str, Tensor], dequantizer: dict[str, Tensor], expected: dict[str, Tensor],

@@ -16,6 +16,8 @@ from enf.io import load_npz
 from enf.registry import Registry
 
 SPLITS = ("train", "valid", "test")
+#: The settings a training budget consists of (the workflow's `experiments.<set>.budgets` hold these).
+BUDGET_KEYS = ("epochs", "eval_every", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,8 @@ class DatasetSpec:
     """Shape and protocol facts of one data set.
 
     `budgets` maps a training size to settings (epochs, eval cadence, batch size) from the protocol;
-    a size between two listed ones takes the settings of the next smaller listed size.
+    a size between two listed ones takes the settings of the next smaller listed size. These and the
+    `train` defaults are the protocol's budgets: the workflow's paper configuration takes them from here.
     """
 
     name: str
@@ -35,14 +38,28 @@ class DatasetSpec:
     budgets: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def budget(self, n_train: int | None) -> dict[str, Any]:
+        """The settings that `budgets` gives training on `n_train` samples, as a config section {'train': ...}."""
         if n_train is None or not self.budgets:
             return {}
         sizes = sorted(self.budgets)
         i = max(bisect.bisect_right(sizes, n_train) - 1, 0)
         return {"train": dict(self.budgets[sizes[i]])}
 
+    def protocol_budget(self, n_train: int | None) -> dict[str, Any]:
+        """The protocol's training budget for `n_train` samples (None: the whole split): the keys of BUDGET_KEYS
+        that this data set declares, from its `train` defaults and its `budgets`."""
+        train = {**self.defaults.get("train", {}), **self.budget(n_train).get("train", {})}
+        return {key: train[key] for key in BUDGET_KEYS if key in train}
+
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def protocol_budgets(dataset: str, sizes: list[str]) -> dict[str, dict[str, Any]]:
+    """{size: the protocol's training budget} for training sizes as the workflow writes them ('100', 'all'): the
+    workflow's configurations and tables take the protocol's budgets from here instead of repeating them."""
+    spec = DATASETS.get(dataset)
+    return {str(n): spec.protocol_budget(None if str(n) == "all" else int(n)) for n in sizes}
 
 
 def _register(spec: DatasetSpec) -> None:
@@ -51,11 +68,14 @@ def _register(spec: DatasetSpec) -> None:
 
 _PARTICLE_MODEL = {"hidden_nf": 32, "n_layers": 3}
 _QM9_MODEL = {"hidden_nf": 64, "n_layers": 6}
+#: The QM9 flow around the field (enf/flows/molecules.py): the dequantiser's EGNN q-network, ActNorm (its
+#: positions' log-determinant as the authors count it) and the molecules solved together per group.
+_MOLECULE_FLOW = {"dequantizer_nf": 64, "dequantizer_layers": 4, "actnorm": True, "actnorm_position_logdet": "all",
+                  "group_size": 8}
 
 _register(DatasetSpec(
     "dw4", "particles", 4, 2,
-    defaults={"model": _PARTICLE_MODEL, "flow": {"trace_eval": "exact", "noise": "rademacher"},
-              "train": {"n_train": 1000, "batch_size": 100}},
+    defaults={"model": _PARTICLE_MODEL, "train": {"n_train": 1000, "batch_size": 100}},
     budgets={100: {"epochs": 1000, "eval_every": 20}, 1000: {"epochs": 300, "eval_every": 5},
              10_000: {"epochs": 50, "eval_every": 1}, 100_000: {"epochs": 6, "eval_every": 1}},
 ))
@@ -64,7 +84,7 @@ _register(DatasetSpec(
     # adjoint gradients: direct back-propagation keeps every solver step's graph, which for LJ13 is GBs at
     # initialisation and grows with the function evaluations during training
     defaults={"model": _PARTICLE_MODEL,
-              "flow": {"trace_eval": "hutchinson", "noise": "rademacher", "adjoint": True},
+              "flow": {"trace_eval": "hutchinson", "adjoint": True},
               "train": {"n_train": 1000, "batch_size": 100}},
     budgets={10: {"epochs": 500, "eval_every": 10, "batch_size": 10},
              100: {"epochs": 1000, "eval_every": 25, "batch_size": 100},
@@ -80,7 +100,7 @@ _register(DatasetSpec(
 ))
 _register(DatasetSpec(
     "qm9", "molecules", 29, 3, n_features=6,
-    defaults={"model": _QM9_MODEL,
+    defaults={"model": {**_QM9_MODEL, **_MOLECULE_FLOW},
               "flow": {"trace_eval": "hutchinson", "noise": "gaussian", "regularization": 1e-3, "adjoint": True},
               "train": {"epochs": 100, "batch_size": 128, "lr": 2e-4, "clip_grad": "adaptive",
                         "clip_queue_init": 3000.0}},

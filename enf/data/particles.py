@@ -35,7 +35,7 @@ from enf.diagnostics import (
 from enf.energies import LJ13_CONVENTIONS, PairEnergy, make_energy
 from enf.errors import EnfError
 from enf.geometry import pair_distances
-from enf.io import load_npz, read_json, save_npz
+from enf.io import read_json, save_npz
 from enf.samplers import ChainResult, ParticleKernel, SamplerSettings, run_chains, settings_dict
 
 SPLITS = ("train", "valid", "test")
@@ -340,28 +340,3 @@ def _figures(name: str, out_dir: Path, positions: dict[str, np.ndarray], energie
                        f"{name}: pair distances of each split", out_dir / FIGURES[1])
     figures.energy_trace(train.burn_in_trace, train.trace["energy"], int(train.diagnostics["burn_in_sweeps"]),
                          f"{name}: MCMC energy trace (training chains)", out_dir / FIGURES[2])
-
-
-def load_particles(path: str | Path, name: str | None = None) -> dict[str, np.ndarray]:
-    """Load one particle split, refusing wrong shapes, NaN or infinite values and uncentred samples."""
-    path = Path(path)
-    arrays = load_npz(path, required=("positions",))
-    pos = arrays["positions"]
-    if pos.ndim != 3 or pos.shape[0] == 0:
-        raise EnfError(f"{path}: 'positions' must be (samples, particles, dims) with samples > 0, got {pos.shape}")
-    if name is not None:
-        shape = make_energy(name).event_shape
-        if pos.shape[1:] != shape:
-            raise EnfError(f"{path}: 'positions' has shape {pos.shape}; {name} needs (samples, {shape[0]}, "
-                           f"{shape[1]})")
-    bad = ~np.isfinite(pos).reshape(pos.shape[0], -1).all(1)
-    if bad.any():
-        raise EnfError(f"{path}: {int(bad.sum())} sample(s) have NaN or infinite positions "
-                       f"(first at row {int(np.argmax(bad))})")
-    com = np.abs(pos.astype(np.float64).mean(1)).max()
-    if com > 1e-4:
-        raise EnfError(f"{path}: centre of mass is not removed (largest |mean| {com:.3g})")
-    if "energy" in arrays and (arrays["energy"].shape != pos.shape[:1] or not np.isfinite(arrays["energy"]).all()):
-        raise EnfError(f"{path}: 'energy' must be finite with one value per sample")
-    return arrays
-

@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from enf.config import ACTNORM_POSITION_LOGDETS
 from enf.geometry import node_mask_like
-
-POSITION_LOGDETS = ("all", "subspace")
 
 
 class ActNorm(nn.Module):
@@ -30,8 +29,8 @@ class ActNorm(nn.Module):
 
     def __init__(self, n_dim: int, n_features: int, position_logdet: str = "all") -> None:
         super().__init__()
-        if position_logdet not in POSITION_LOGDETS:
-            raise ValueError(f"position_logdet must be one of {POSITION_LOGDETS}, got {position_logdet!r}")
+        if position_logdet not in ACTNORM_POSITION_LOGDETS:
+            raise ValueError(f"position_logdet must be one of {ACTNORM_POSITION_LOGDETS}, got {position_logdet!r}")
         self.n_dim = n_dim
         self.n_features = n_features
         self.position_logdet = position_logdet

@@ -240,14 +240,13 @@ class MoleculeFlow(DensityModel):
 
 
 def build_molecule_flow(cfg: dict[str, Any], spec: Any, cnf: CNF) -> MoleculeFlow:
-    """The QM9 model of `cfg` around `cnf`; q-network and ActNorm settings from `cfg['model']` or the protocol."""
-    model = {"group_size": 8, **cfg.get("model", {})}
-    n_categories = spec.n_features - 1
+    """The QM9 model of `cfg` around `cnf`, with the q-network, ActNorm and grouping of `cfg['model']`."""
+    model = cfg["model"]
     return MoleculeFlow(
-        cnf, spec.n_nodes, spec.n_dim, n_categories,
-        dequantizer_nf=int(model.get("dequantizer_nf", 64)),
-        dequantizer_layers=int(model.get("dequantizer_layers", 4)),
-        actnorm=bool(model.get("actnorm", True)),
-        actnorm_position_logdet=str(model.get("actnorm_position_logdet", "all")),
-        group_size=int(model["group_size"]) if model.get("group_size") else None,
+        cnf, spec.n_nodes, spec.n_dim, spec.n_features - 1,
+        dequantizer_nf=int(model["dequantizer_nf"]),
+        dequantizer_layers=int(model["dequantizer_layers"]),
+        actnorm=bool(model["actnorm"]),
+        actnorm_position_logdet=str(model["actnorm_position_logdet"]),
+        group_size=int(model["group_size"]) or None,
     )

@@ -175,7 +175,7 @@ class EGNNDynamics(VectorField):
 def build_enf(n_dim: int, n_features: int, cfg: dict[str, Any]) -> VectorField:
     """E-NF: EGNN dynamics with attention and the tanh-bounded coordinate update."""
     return EGNNDynamics(
-        n_dim, n_features, hidden_nf=int(cfg.get("hidden_nf", 32)), n_layers=int(cfg.get("n_layers", 3)),
-        attention=bool(cfg.get("attention", True)), tanh=bool(cfg.get("tanh", True)),
-        coords_range=float(cfg.get("coords_range", 15.0)), condition_time=bool(cfg.get("condition_time", True)),
+        n_dim, n_features, hidden_nf=int(cfg["hidden_nf"]), n_layers=int(cfg["n_layers"]),
+        attention=bool(cfg["attention"]), tanh=bool(cfg["tanh"]),
+        coords_range=float(cfg["coords_range"]), condition_time=bool(cfg["condition_time"]),
     )

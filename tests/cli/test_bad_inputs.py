@@ -429,22 +429,6 @@ def _host() -> str:
     return io._HOST
 
 
-def test_every_default_passes_its_declaration() -> None:
-    """Each data set's and model's resolved defaults validate, and the declared solvers are torchdiffeq's."""
-    from torchdiffeq._impl.odeint import SOLVERS
-
-    from enf.config import ODE_METHODS, SETTINGS, resolve
-    from enf.data.datasets import DATASETS
-    from enf.models import VECTOR_FIELDS
-
-    for dataset in DATASETS.names():
-        for model in VECTOR_FIELDS.names():
-            for n_train in (None, 10, 1000):
-                resolve(dataset, model, n_train)  # validates against SETTINGS
-    assert set(ODE_METHODS) <= set(SOLVERS)
-    assert all(setting.kind in (bool, int, float, str, list, dict) for setting in SETTINGS.values())
-
-
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_an_unwritable_output_folder_is_refused_before_work(world: World, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from enf.data.particles import generate_particles, load_particles
+from enf.data.datasets import DATASETS, load_split
+from enf.data.particles import generate_particles
 from enf.energies import make_energy
 from enf.errors import EnfError
-from enf.io import read_json, save_npz, sha256_file
+from enf.io import load_npz, read_json, save_npz, sha256_file
 
 TINY = {"n_train": 40, "n_valid": 20, "n_test": 20, "chains": 10, "eval_chains": 5, "burn_in": 20, "quick": True}
+
+
+def _positions(path: Path, name: str = "dw4") -> np.ndarray:
+    """A split's positions as training reads them (`load_split`: shapes and finiteness checked)."""
+    return load_split(DATASETS.get(name), path)["positions"].numpy()
 
 
 def _quiet(messages: list[str] | None = None):
@@ -32,9 +38,10 @@ def test_files_shapes_and_meta(tiny_dw4: Path) -> None:
     meta = read_json(tiny_dw4 / "meta.json")
     energy = make_energy("dw4")
     for split, n in (("train", 40), ("valid", 20), ("test", 20)):
-        arrays = load_particles(tiny_dw4 / f"{split}.npz", "dw4")
+        arrays = load_npz(tiny_dw4 / f"{split}.npz", required=("positions", "energy"))
         pos = arrays["positions"]
         assert pos.shape == (n, 4, 2) and pos.dtype == np.float32
+        np.testing.assert_array_equal(_positions(tiny_dw4 / f"{split}.npz"), pos)
         assert np.abs(pos.astype(np.float64).mean(1)).max() < 1e-6
         np.testing.assert_allclose(arrays["energy"], energy.energy(torch.as_tensor(pos, dtype=torch.float64)),
                                    rtol=1e-10)
@@ -51,7 +58,7 @@ def test_files_shapes_and_meta(tiny_dw4: Path) -> None:
 
 def test_splits_come_from_separate_chains(tiny_dw4: Path) -> None:
     # Each split has its own chains (own seed): no configuration is shared between splits.
-    rows = {s: {r.tobytes() for r in load_particles(tiny_dw4 / f"{s}.npz")["positions"]}
+    rows = {s: {r.tobytes() for r in _positions(tiny_dw4 / f"{s}.npz")}
             for s in ("train", "valid", "test")}
     assert not rows["train"] & rows["valid"] and not rows["train"] & rows["test"] and not rows["valid"] & rows["test"]
 
@@ -99,7 +106,7 @@ def test_failure_while_writing_leaves_nothing_and_interrupted_runs_restart(
     messages: list[str] = []
     generate_particles("dw4", out, log=_quiet(messages), **TINY)
     assert any("interrupted" in m for m in messages)
-    assert load_particles(out / "train.npz")["positions"].shape == (40, 4, 2)
+    assert _positions(out / "train.npz").shape == (40, 4, 2)
     assert not (out / ".incomplete.json").exists()
 
 
@@ -127,25 +134,23 @@ def test_impossible_settings_are_refused(tmp_path: Path, kwargs: dict, match: st
 
 def test_loader_refuses_bad_positions(tmp_path: Path) -> None:
     x = np.zeros((3, 4, 2), dtype=np.float32)
+    dw4, lj13 = DATASETS.get("dw4"), DATASETS.get("lj13")
     save_npz(tmp_path / "nan.npz", positions=np.where(np.arange(3)[:, None, None] == 1, np.nan, x))
     with pytest.raises(EnfError, match="NaN or infinite"):
-        load_particles(tmp_path / "nan.npz")
-    save_npz(tmp_path / "com.npz", positions=x + 1)
-    with pytest.raises(EnfError, match="centre of mass"):
-        load_particles(tmp_path / "com.npz")
+        load_split(dw4, tmp_path / "nan.npz")
     save_npz(tmp_path / "shape.npz", positions=x)
     with pytest.raises(EnfError, match="lj13 needs"):
-        load_particles(tmp_path / "shape.npz", "lj13")
+        load_split(lj13, tmp_path / "shape.npz")
     (tmp_path / "trunc.npz").write_bytes((tmp_path / "shape.npz").read_bytes()[:50])
     with pytest.raises(EnfError, match="corrupt or truncated"):
-        load_particles(tmp_path / "trunc.npz")
+        load_split(dw4, tmp_path / "trunc.npz")
 
 
 def test_lj13_quick_unique_energy(tmp_path: Path) -> None:
     meta = generate_particles("lj13", tmp_path / "lj", energy="unique", openmm_check=False, log=_quiet(),
                               **{**TINY, "n_train": 20, "n_valid": 10, "n_test": 10})
     assert meta["energy"]["convention"] == "unique" and "openmm" not in meta["checks"]
-    assert load_particles(tmp_path / "lj" / "train.npz", "lj13")["positions"].shape == (20, 13, 3)
+    assert _positions(tmp_path / "lj" / "train.npz", "lj13").shape == (20, 13, 3)
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "workflow" / "scripts"
@@ -50,7 +49,7 @@ def test_table1_mean_std_paper_diff_and_not_run(tmp_path: Path) -> None:
     manifest += [_cell(tmp_path, "dw4", "gnf_att", "GNF-att", "100", s, v) for s, v in ((0, 11.0), (1, 12.0))]
     exps = {"dw4": {"n_train": ["100"], "budgets": {"100": {"epochs": 2, "eval_every": 1, "batch_size": 100}},
                     "evaluate": {"n": 40}, "sample": None}}
-    protocol = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    protocol = make_tables.load_protocol(ROOT / "config" / "config.yaml")  # budgets: enf's protocol
     out = tmp_path / "t1"
     agg = make_tables.make_table(manifest, _meta("table1", exps, [0, 1, 2]), ROOT / "workflow" / "resources" /
                                  "paper_tables.csv", protocol, f"{out}.csv", f"{out}.md", f"{out}.tex")

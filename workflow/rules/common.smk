@@ -57,13 +57,11 @@ def _hash_files(paths):
     return digest.hexdigest()[:12]
 
 
-def _package_hash():
-    try:
-        from enf.version import source_hash
+def _source_hash():
+    _enf_dir()  # refuses, naming the python, when enf is not importable
+    from enf.version import source_hash
 
-        return source_hash()
-    except ImportError:
-        return _hash_files(_enf_dir().rglob("*.py"))
+    return source_hash()
 
 
 # Data generation depends on these modules only, so that editing a model (or the training budgets in
@@ -85,7 +83,7 @@ def _data_hash():
 # ENF_CODE_VERSION / ENF_DATA_CODE_VERSION pin the code versions (e.g. during a long run, so that cosmetic edits
 # of enf rerun nothing; the tests pin them too, so that concurrent edits do not disturb their reruns).
 if config["rerun_on_code_change"]:
-    CODE = os.environ.get("ENF_CODE_VERSION") or _package_hash()
+    CODE = os.environ.get("ENF_CODE_VERSION") or _source_hash()
     DATA_CODE = os.environ.get("ENF_DATA_CODE_VERSION") or _data_hash()
 else:
     CODE = DATA_CODE = "not tracked (rerun_on_code_change: false)"
@@ -98,6 +96,18 @@ MODELS = config["models"]
 MLFLOW = config["mlflow"]
 MLFLOW_EXPERIMENT = MLFLOW["experiment"] or f"enf-{CONFIG_NAME}"
 TABLES = sorted({exp["table"] for exp in EXPERIMENTS.values()})
+
+
+def _protocol_budgets(ds, sizes):
+    """{size: budget} of the protocol for the training sizes `sizes` of experiment `ds`, from enf (DatasetSpec),
+    so that the paper configuration does not repeat them."""
+    if importlib.util.find_spec("enf") is None:
+        raise WorkflowError(f"config: experiments.{ds}.budgets has no entry for the training size(s) "
+                            f"{', '.join(sizes)} of experiments.{ds}.n_train, and enf, which declares the "
+                            "protocol's, is not importable here; give them in the config")
+    from enf.data.datasets import protocol_budgets
+
+    return protocol_budgets(ds, sizes)
 
 
 def _check_config():
@@ -114,10 +124,9 @@ def _check_config():
                                     f"of models ({', '.join(MODELS)})")
             if model == PRETRAINED:
                 raise WorkflowError(f"config: models.{PRETRAINED} is reserved for the released weights")
-        for n in exp["n_train"]:
-            if str(n) not in exp.get("budgets", {}):
-                raise WorkflowError(f"config: experiments.{ds}.budgets has no entry {str(n)!r} for "
-                                    f"experiments.{ds}.n_train value {n!r}")
+        missing = [str(n) for n in exp["n_train"] if str(n) not in exp["budgets"]]
+        if missing:
+            exp["budgets"].update(_protocol_budgets(ds, missing))
         if exp["table"] in ("table2", "table3") and "sample" not in exp:
             raise WorkflowError(f"config: experiments.{ds}.sample is required for {exp['table']} "
                                 "(stability / JS metrics come from samples)")

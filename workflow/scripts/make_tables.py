@@ -3,8 +3,8 @@
 Each cell: mean and sample standard deviation over seeds of what the jobs measured, the paper's value beside it
 (`paper_tables.csv`) and the difference (ours - paper). Cells without a measurement say "not run"; nothing is
 ever filled in. The footer names the configuration and budget and lists every deviation from the protocol
-(the protocol = config/config.yaml) that the configuration makes: epochs, batch sizes, training-set subsets,
-evaluation subsets, sample counts, seeds and per-model settings.
+(the protocol = config/config.yaml, with the budgets it leaves to enf taken from enf) that the configuration
+makes: epochs, batch sizes, training-set subsets, evaluation subsets, sample counts, seeds and per-model settings.
 
 Run by Snakemake (rule `tables`, via `script:`) or by hand:
   make_tables.py --manifest M.json --meta META.json --paper paper_tables.csv --protocol config/config.yaml
@@ -417,10 +417,18 @@ def make_table(manifest: list[dict[str, Any]], meta: dict[str, Any], paper_csv: 
 
 
 def load_protocol(path: str | Path | None) -> dict[str, Any] | None:
-    """The protocol configuration (config/config.yaml), or None."""
-    if path and Path(path).is_file():
-        return yaml.safe_load(Path(path).read_text())
-    return None
+    """The protocol configuration (config/config.yaml), or None; with the budgets it leaves to enf filled in from
+    enf, as the workflow fills them."""
+    if not (path and Path(path).is_file()):
+        return None
+    from enf.data.datasets import protocol_budgets
+
+    protocol = yaml.safe_load(Path(path).read_text())
+    for ds, exp in (protocol.get("experiments") or {}).items():
+        budgets = {str(k): v for k, v in (exp.get("budgets") or {}).items()}
+        missing = [str(n) for n in exp.get("n_train", []) if str(n) not in budgets]
+        exp["budgets"] = {**budgets, **protocol_budgets(ds, missing)}
+    return protocol
 
 
 def main(argv: list[str] | None = None) -> int:
