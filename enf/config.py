@@ -269,7 +269,7 @@ def defaults(dataset: str, model: str, n_train: int | None = None) -> dict[str, 
     BASE < the data set's defaults < the model's < the model's for this data set < the budget for `n_train`.
     """
     from enf.data.datasets import DATASETS
-    from enf.models import VECTOR_FIELDS
+    from enf.models.networks import VECTOR_FIELDS
 
     spec = DATASETS.get(dataset)
     model_defaults = copy.deepcopy(VECTOR_FIELDS.defaults(model))

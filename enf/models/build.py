@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import enf.models.networks.egnn  # noqa: F401  (the vector fields register themselves on import)
-import enf.models.networks.gnf  # noqa: F401
-import enf.models.networks.pair_dynamics  # noqa: F401
 from enf.data.datasets import DATASETS
 from enf.models.flows.base import DensityModel
 from enf.models.flows.cnf import CNF
 from enf.models.flows.particles import ParticleFlow
-from enf.models.networks.base import VECTOR_FIELDS
+from enf.models.networks import VECTOR_FIELDS  # importing the package registers every vector field
 
 __all__ = ["VECTOR_FIELDS", "build_model"]
 
