@@ -2,7 +2,7 @@
 
 Both runs start from the same initial weights, use the run config of `enf train` (network, AdamW, learning rate,
 batch size 100, dopri5 at 1e-4) and differ only in the loss: ML back-propagates the NLL through the ODE solve
-(Hutchinson trace), FM regresses the field on straight paths (enf/flow_matching.py; pairing and sigma from the
+(Hutchinson trace), FM regresses the field on straight paths (enf/training/flow_matching.py; pairing and sigma from the
 config or the flags). Training wall time excludes validation; every `--*-eval-every` iterations the validation
 NLL is computed exactly as `enf train` does (flow.trace_eval: exact for DW4) and the function evaluations per
 solve are recorded. The selected model (best validation NLL) gets the test NLL.
@@ -40,9 +40,9 @@ import torch
 from enf.config import resolve
 from enf.data.datasets import DATASETS, load_split, split_path
 from enf.evaluation import batches, evaluate_nll
-from enf.flow_matching import flow_matching_loss
 from enf.models import build_model
 from enf.training import seed_everything
+from enf.training.flow_matching import flow_matching_loss
 
 #: The paper's E-NF test NLLs at n = 1000 (Table 1).
 PAPER_ENF = {"dw4": 8.15, "lj13": 30.56}
@@ -159,7 +159,7 @@ def interleaved_costs(models: dict[str, torch.nn.Module], cfgs: dict[str, dict[s
 
 def save_checkpoint(model: torch.nn.Module, cfg: dict[str, Any], res: dict[str, Any], path: Path) -> None:
     """The selected model as an enf checkpoint, so that `enf evaluate` / `enf sample` run on it."""
-    from enf import checkpoints
+    from enf.models import checkpoints
     from enf.version import code_version
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,7 @@ def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool, subset: str 
     `authors` (a checkout of theirs) their own code evaluates the same molecules, timed in turns with enf's."""
     from enf.data.datasets import DATASETS, load_split
     from enf.evaluation import batches, evaluate_nll
-    from enf.pretrained import load_en_flows
+    from enf.models.pretrained import load_en_flows
 
     model, _ = load_en_flows(RELEASE / "flow.pt", RELEASE / "dequantizer.pt", RELEASE / "args.json")
     test, which = eval_molecules(load_split(DATASETS.get("qm9"), data_dir / "test.npz"), n, subset, seed)
@@ -172,7 +172,7 @@ def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool, subset: str 
 
 def bench_sampling(n: int, seed: int) -> list[dict[str, Any]]:
     """Molecules per second from the released model: M ~ p(M), reverse solve, decoding."""
-    from enf.pretrained import load_en_flows
+    from enf.models.pretrained import load_en_flows
 
     model, _ = load_en_flows(RELEASE / "flow.pt", RELEASE / "dequantizer.pt", RELEASE / "args.json")
     out, wall, cpu = timed(lambda: model.sample(n, generator=torch.Generator().manual_seed(seed)))

@@ -7,7 +7,7 @@ LJ13 in both energy conventions ("ordered": the paper's energy, Lennard-Jones ov
 half of it), so that the floors quoted in the tables can be reproduced.
 
 Measure: Z is the integral of exp(-E) over the subspace with the Lebesgue measure induced by R^(M n), the measure
-of enf's base density (enf.flows.distributions.com_free_gaussian_log_prob: -|x|^2 / 2 - (M - 1) n / 2 log 2 pi).
+of enf's base density (enf.models.flows.distributions.com_free_gaussian_log_prob: -|x|^2 / 2 - (M - 1) n / 2 log 2 pi).
 With E = |x|^2 / 2 this gives log Z = (M - 1) n / 2 log 2 pi and H = the base density's entropy; the tests check it.
 
 How:
@@ -16,7 +16,7 @@ How:
   subspace with Z_0 = (2 pi / k_ref)^((M - 1) n / 2). LJ13 has a harmonic term of strength 1: with k_ref = 1 the
   path is harmonic + b LJ, no Gaussian width to tune and the reference already keeps the cluster together. DW4 has
   none: k_ref = 1 / s^2 with s of the data's spread. Each level does single-particle Metropolis sweeps
-  (enf.samplers.ParticleKernel) and adds -(b_k+1 - b_k) V(x) to the log-weights.
+  (enf.data.samplers.ParticleKernel) and adds -(b_k+1 - b_k) V(x) to the log-weights.
 - The temperatures come from a pilot: sequential Monte Carlo with resampling on fewer chains, each step sized so
   that the spread of its log-weight increments is `delta`, gives the thermodynamic length L(b) = int sd_b(V) db and
   a step size for each b; the main run places its K temperatures evenly in L, with the pilot's step sizes. The
@@ -57,12 +57,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from enf.data.diagnostics import autocorr_time, split_rhat
+from enf.data.energies import PairEnergy, make_energy
 from enf.data.particles import RECIPES
-from enf.diagnostics import autocorr_time, split_rhat
-from enf.energies import PairEnergy, make_energy
+from enf.data.samplers import ParticleKernel
 from enf.errors import EnfError
 from enf.geometry import remove_mean
-from enf.samplers import ParticleKernel
 
 LOG_2PI = math.log(2 * math.pi)
 # System name -> (data set, LJ13 convention).

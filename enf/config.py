@@ -32,7 +32,7 @@ OBJECTIVES = ("likelihood", "flow_matching")
 CLIP_GRADS = ("none", "adaptive")
 DTYPES = ("float32", "float64")
 KERNEL_VARIANTS = ("standard", "lj13")
-ACTNORM_POSITION_LOGDETS = ("all", "subspace")  # see enf/flows/actnorm.py
+ACTNORM_POSITION_LOGDETS = ("all", "subspace")  # see enf/models/flows/actnorm.py
 
 BASE: dict[str, Any] = {
     "dataset": None,
@@ -54,7 +54,7 @@ BASE: dict[str, Any] = {
         "sigma": 0.0,                # width of the conditional path around the straight line
     },
     "train": {
-        "objective": "likelihood",   # likelihood | flow_matching (simulation-free; see enf/flow_matching.py)
+        "objective": "likelihood",   # likelihood | flow_matching (simulation-free; see enf/training/flow_matching.py)
         "n_train": None,
         "epochs": 100,
         "batch_size": 100,
@@ -161,7 +161,7 @@ SETTINGS: dict[str, Setting] = {
     "model.mlp_hidden": Setting(list, items=int, minimum=1),
     "model.variant": Setting(str, choices=KERNEL_VARIANTS),
     "model.n_time_rbf": Setting(int, minimum=1),
-    "model.actnorm": Setting(bool),                             # the QM9 flow's keys (enf/flows/molecules.py)
+    "model.actnorm": Setting(bool),                             # the QM9 flow's keys (enf/models/flows/molecules.py)
     "model.actnorm_position_logdet": Setting(str, choices=ACTNORM_POSITION_LOGDETS),
     "model.dequantizer_nf": Setting(int, minimum=1),
     "model.dequantizer_layers": Setting(int, minimum=1),
@@ -269,7 +269,7 @@ def defaults(dataset: str, model: str, n_train: int | None = None) -> dict[str, 
     BASE < the data set's defaults < the model's < the model's for this data set < the budget for `n_train`.
     """
     from enf.data.datasets import DATASETS
-    from enf.models import VECTOR_FIELDS
+    from enf.models.networks import VECTOR_FIELDS
 
     spec = DATASETS.get(dataset)
     model_defaults = copy.deepcopy(VECTOR_FIELDS.defaults(model))

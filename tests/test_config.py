@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-from enf import checkpoints
 from enf.config import (
     BASE,
     OBJECTIVES,
@@ -27,7 +26,7 @@ from enf.config import (
 )
 from enf.data.datasets import DATASETS
 from enf.errors import EnfError
-from enf.models import VECTOR_FIELDS, build_model
+from enf.models import VECTOR_FIELDS, build_model, checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 

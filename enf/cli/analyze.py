@@ -28,8 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from enf.evaluation.metrics import FIGURE_FILES, analyze, load_molecule_set, write_figures
     from enf.io import check_paths, sha256_file, write_json
-    from enf.metrics import FIGURE_FILES, analyze, load_molecule_set, write_figures
     from enf.version import code_version
 
     out = Path(args.out)

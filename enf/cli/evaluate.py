@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="also save every sample's NLL per probe ('nll', n x probes) and its row in --data "
                         "('index'), for paired comparisons of estimators on the same samples")
     add_device(p)
-    # -- Boltzmann-generator evaluation (enf/boltzmann/) --
+    # -- Boltzmann-generator evaluation (enf/evaluation/boltzmann/) --
     p.add_argument("--boltzmann", type=int, default=0, metavar="N",
                    help="DW4/LJ13: also reverse ESS from N model samples, forward ESS on the data, energy and "
                         "pair-distance histograms (JSON key 'boltzmann', figure OUT_boltzmann.png)")
@@ -38,12 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from enf.checkpoints import load_model
     from enf.data.datasets import DATASETS, load_split
     from enf.device import choose_device
     from enf.errors import EnfError
     from enf.evaluation import batches, evaluate_nll
     from enf.io import check_paths, save_npz, sha256_file, write_json
+    from enf.models.checkpoints import load_model
     from enf.version import code_version
 
     for option, value, minimum in (("--n", args.n, 1), ("--probes", args.probes, 1),
@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     result.update(checkpoint=str(Path(args.checkpoint)), data=str(Path(args.data)),
                   data_sha256=sha256_file(args.data), dataset=cfg["dataset"], model=cfg["model"]["name"],
                   seed=args.seed, subset=subset, code_version=code_version(), device=str(device))
-    if args.boltzmann:  # Boltzmann-generator evaluation (enf/boltzmann/)
-        from enf.boltzmann import evaluate_for_cli
+    if args.boltzmann:  # Boltzmann-generator evaluation (enf/evaluation/boltzmann/)
+        from enf.evaluation.boltzmann import evaluate_for_cli
 
         result["boltzmann"] = evaluate_for_cli(model, cfg, data, args.data, args.boltzmann, args.out,
                                                args.boltzmann_trace, args.seed, args.batch_size)

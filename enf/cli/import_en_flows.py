@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from enf.io import check_paths
-    from enf.pretrained import RUN_FILES, import_en_flows
+    from enf.models.pretrained import RUN_FILES, import_en_flows
 
     args_file = args.args if args.args is not None else Path(args.flow).parent / "args.json"
     check_paths({"--flow": args.flow, "--dequantizer": args.dequantizer, "--args": args_file},

@@ -23,9 +23,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from enf.checkpoints import load_model
     from enf.device import choose_device
     from enf.io import check_paths, save_npz
+    from enf.models.checkpoints import load_model
 
     require_int("--n", args.n)
     require_int("--batch-size", args.batch_size)

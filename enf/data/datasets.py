@@ -68,7 +68,7 @@ def _register(spec: DatasetSpec) -> None:
 
 _PARTICLE_MODEL = {"hidden_nf": 32, "n_layers": 3}
 _QM9_MODEL = {"hidden_nf": 64, "n_layers": 6}
-#: The QM9 flow around the field (enf/flows/molecules.py): the dequantiser's EGNN q-network, ActNorm (its
+#: The QM9 flow around the field (enf/models/flows/molecules.py): the dequantiser's EGNN q-network, ActNorm (its
 #: positions' log-determinant as the authors count it) and the molecules solved together per group.
 _MOLECULE_FLOW = {"dequantizer_nf": 64, "dequantizer_layers": 4, "actnorm": True, "actnorm_position_logdet": "all",
                   "group_size": 8}

@@ -1,6 +1,6 @@
 """An independent LJ13 implementation and sampler in OpenMM: custom forces and Langevin dynamics.
 
-The energy is written from its definition, not from `enf.energies`: the Lennard-Jones term is a CustomBondForce
+The energy is written from its definition, not from `enf.data.energies`: the Lennard-Jones term is a CustomBondForce
 with one bond per unique pair counted twice (the paper's sum over ORDERED pairs i != j) or once (bgflow's), and
 the harmonic term a CustomCentroidBondForce tying each particle to its cluster's centroid. Units: 1 nm = 1 length
 unit, 1 kJ/mol = 1 energy unit, 1 dalton per particle, and the temperature at which k_B T = 1 kJ/mol. Several
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from enf.energies import LJ13_CONVENTIONS
+from enf.data.energies import LJ13_CONVENTIONS
 from enf.errors import EnfError
 
 N_PARTICLES, N_DIM = 13, 3

@@ -21,9 +21,7 @@ import numpy as np
 import torch
 
 from enf.data import figures
-from enf.data.openmm_lj13 import langevin_sample, lattice_start
-from enf.data.outputs import check_output, finish_output, writing
-from enf.diagnostics import (
+from enf.data.diagnostics import (
     autocorr_time,
     configurational_temperature,
     ks_two_sample,
@@ -32,11 +30,13 @@ from enf.diagnostics import (
     rhat_noise,
     z_score,
 )
-from enf.energies import LJ13_CONVENTIONS, PairEnergy, make_energy
+from enf.data.energies import LJ13_CONVENTIONS, PairEnergy, make_energy
+from enf.data.openmm_lj13 import langevin_sample, lattice_start
+from enf.data.outputs import check_output, finish_output, writing
+from enf.data.samplers import ChainResult, ParticleKernel, SamplerSettings, run_chains, settings_dict
 from enf.errors import EnfError
 from enf.geometry import pair_distances
 from enf.io import read_json, save_npz
-from enf.samplers import ChainResult, ParticleKernel, SamplerSettings, run_chains, settings_dict
 
 SPLITS = ("train", "valid", "test")
 # Validation and test chains run together, apart from the training pool (own seed, own adaptation).

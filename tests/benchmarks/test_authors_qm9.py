@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from enf.pretrained import load_en_flows
+from enf.models.pretrained import load_en_flows
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = ROOT / "resources" / "pretrained" / "en_flows_qm9"

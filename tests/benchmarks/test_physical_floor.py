@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from enf.energies import LennardJonesEnergy, PairEnergy, make_energy
-from enf.flows.distributions import com_free_gaussian_log_prob, sample_com_free_gaussian
+from enf.data.energies import LennardJonesEnergy, PairEnergy, make_energy
+from enf.models.flows.distributions import com_free_gaussian_log_prob, sample_com_free_gaussian
 
 ROOT = Path(__file__).resolve().parents[2]
 DW4_LOG_Z = 29.67   # the value the tables quote

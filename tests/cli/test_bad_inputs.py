@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from enf import checkpoints
 from enf.cli import main
 from enf.errors import EnfError
 from enf.io import atomic_path, write_json
+from enf.models import checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = ROOT / "resources" / "pretrained" / "en_flows_qm9"
@@ -176,7 +176,7 @@ CASES: list[Case] = [
     ("evaluate-malicious-checkpoint", lambda w, t: w.evaluate(ckpt=w / "evil.pt"), "refused",
      lambda w, t: w / "evil.pt"),
     ("sample-malicious-checkpoint", lambda w, t: ["sample", "--checkpoint", w / "evil.pt", "--n", "2", "--out",
-                                                  str(t / "s.npz")], "python -m enf.checkpoints --trust",
+                                                  str(t / "s.npz")], "python -m enf.models.checkpoints --trust",
      lambda w, t: w / "evil.pt"),
     ("evaluate-malicious-plain-pickle", lambda w, t: w.evaluate(ckpt=w / "evil.pkl"), "refused",
      lambda w, t: w / "evil.pkl"),

@@ -12,7 +12,7 @@ import pytest
 from enf.cli import main
 from enf.errors import EnfError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metrics"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation" / "metrics"))
 from test_stability import broken_methane, ethyne, methane, water  # noqa: E402
 
 pytest.importorskip("rdkit")

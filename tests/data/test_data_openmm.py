@@ -1,4 +1,4 @@
-"""OpenMM's independent LJ13 (custom forces) agrees with enf.energies; its Langevin sampler; the cross-check."""
+"""OpenMM's independent LJ13 (custom forces) agrees with enf.data.energies; its Langevin sampler; the cross-check."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from enf.data.energies import make_energy
 from enf.data.openmm_lj13 import import_openmm, langevin_sample, lattice_start, openmm_energy
 from enf.data.particles import OpenMMCheck, compare_with_openmm
-from enf.energies import make_energy
 from enf.errors import EnfError
 
 pytest.importorskip("openmm")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from enf.data.datasets import DATASETS, load_split
+from enf.data.energies import make_energy
 from enf.data.particles import generate_particles
-from enf.energies import make_energy
 from enf.errors import EnfError
 from enf.io import load_npz, read_json, save_npz, sha256_file
 

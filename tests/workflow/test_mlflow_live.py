@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from enf.history import StepHistory, read_steps
+from enf.training.history import StepHistory, read_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACK = ROOT / "workflow" / "scripts" / "track_mlflow.py"

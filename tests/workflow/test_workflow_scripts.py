@@ -203,6 +203,7 @@ def test_collect_cells_tabulates_flow_matching_beside_likelihood_with_cpu_hours(
     md = (fm / "table1.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| E-NF, flow matching (ours) |"))
     assert "| 7.60 ± 0.14 [2 of 3 seeds] |" in row
+    assert "(config/config.yaml + config/flow_matching.yaml)" in md and str(ROOT) not in md
     assert "| E-NF | 8.00 (8.31; −0.31) [1 of 3 seeds]" in md
     assert "- E-NF, flow matching (ours): 2 run(s), 0.06 CPU h training + 0.00 CPU h test evaluation" in md
     assert "- E-NF: 1 run(s), 0.03 CPU h training" in md

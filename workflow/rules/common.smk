@@ -66,8 +66,7 @@ def _source_hash():
 
 # Data generation depends on these modules only, so that editing a model (or the training budgets in
 # enf/data/datasets.py) does not regenerate data; `--forcerun data_mcmc data_qm9pack` does.
-DATA_CODE_PARTS = ("data", "energies.py", "samplers.py", "diagnostics.py", "geometry.py", "figures.py", "io.py",
-                   "cli/data.py", "__init__.py")
+DATA_CODE_PARTS = ("data", "geometry.py", "figures.py", "io.py", "cli/data.py", "__init__.py")
 DATA_CODE_EXCLUDE = ("data/datasets.py",)
 
 

@@ -217,6 +217,16 @@ def cost_lines(rows: list[dict[str, str]], labels: dict[str, str]) -> list[str]:
     return lines
 
 
+def shown_path(path: Path) -> str:
+    """`path` relative to the workflow checkout that holds it (the folder with a Snakefile), so that a committed
+    table names `config/config.yaml`, not where the runs happened to live."""
+    path = path.resolve()
+    for root in path.parents:
+        if (root / "Snakefile").is_file():
+            return str(path.relative_to(root))
+    return path.name
+
+
 def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv: Path, label: str,
                  beside: tuple[Path, ...] = ()) -> None:
     """table1.{md,csv,tex} from cells.csv (and those of `beside`) with the workflow's table code (paper values,
@@ -290,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in cells]
     args.out.mkdir(parents=True, exist_ok=True)
     write_cells(args.out, rows)
-    render_table(args.out, config, " ".join(map(str, args.config)), args.paper,
+    render_table(args.out, config, " + ".join(map(shown_path, args.config)), args.paper,
                  args.label or config.get("name", "paper"), tuple(args.beside))
     print(f"{len(rows)} cell run(s) collected into {args.out}; table in {args.out / 'table1.md'}")
     return 0

@@ -66,7 +66,8 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
 
-#: The per-iteration history `enf train` appends to as it trains (enf/history.py) and the metrics logged from it.
+#: The per-iteration history `enf train` appends to as it trains (enf/training/history.py) and the metrics logged
+#: from it.
 STEP_FILE = "history_steps.csv"
 TRAIN_METRICS = ("train_loss", "train_nll", "train_reg", "train_transport_cost", "train_pairing_seconds", "nfe",
                  "grad_norm", "lr", "seconds")

@@ -1,1 +1,0 @@
-"""Vector fields of the continuous flows: E-NF's EGNN dynamics and the paper's baselines."""
