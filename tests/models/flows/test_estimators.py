@@ -1,5 +1,5 @@
-"""The divergence estimator is bound once per solve (`AugmentedDynamics.bind`), and the bound one is the estimator
-the size thresholds of the former per-evaluation dispatch picked, with the same numbers."""
+"""The divergence estimator is bound once per solve (`AugmentedDynamics.bind`), chosen by size and graph mode, and
+whichever is bound gives the velocity, divergence and regulariser of each sample's full Jacobian."""
 
 from __future__ import annotations
 
@@ -16,59 +16,28 @@ from enf.models.flows.cnf import (
     EXACT_FUSED_MAX_DIM,
     EXACT_VMAP_MAX_ELEMENTS,
     AugmentedDynamics,
-    exact_divergence,
-    exact_trace,
     select_estimator,
 )
 from enf.models.networks.base import VectorField
 from enf.models.networks.egnn import EGNNDynamics
 
 
-def former_dispatch(trace: str, closed_form: bool, compiled: bool, keep_graph: bool, sample_numel: int,
-                    total_numel: int) -> str:
-    """The branch order of the former `AugmentedDynamics.forward`, evaluated on every call (the reference)."""
-    if compiled and not closed_form:
-        if trace == "hutchinson":
-            return "fused_hutchinson"
-        if not keep_graph and trace == "exact" and sample_numel <= EXACT_FUSED_MAX_DIM:
-            return "fused_exact"
-    if not keep_graph and trace == "exact" and not closed_form and total_numel <= EXACT_VMAP_MAX_ELEMENTS:
-        return "vmap_exact"
-    if closed_form:
-        return "closed_form"
-    return "exact_loop" if trace == "exact" else "hutchinson"
+def brute_force(dyn: AugmentedDynamics, trace: str, regularize: bool, noise: Tensor, t: Tensor,
+                x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Velocity, divergence and regulariser from each sample's full Jacobian (torch.func.jacrev): the reference."""
+    def one(xs: Tensor) -> Tensor:
+        return dyn.field(t, xs[None], None)[0]
 
-
-def former_eager_forward(dyn: AugmentedDynamics, t: Tensor, xh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The former eager evaluation (vmap exact, closed form, exact loop, Hutchinson), kept as the reference."""
-    keep_graph = torch.is_grad_enabled()
-    if (not keep_graph and dyn.trace == "exact" and not dyn.field.closed_form_divergence
-            and xh.numel() <= EXACT_VMAP_MAX_ELEMENTS):
-        with torch.enable_grad():
-            dxh, div = exact_divergence(lambda y: dyn.field(t, y, dyn.mask), xh.detach())
-        return dxh, div, torch.zeros_like(div)
-    with torch.enable_grad():
-        if not keep_graph or not xh.requires_grad:
-            xh = xh.detach().requires_grad_(True)
-        dxh = dyn.field(t, xh, dyn.mask)
-        frob = None
-        if dyn.field.closed_form_divergence:
-            div = dyn.field.divergence(t, xh, dyn.mask)
-        elif dyn.trace == "exact":
-            div = exact_trace(dxh, xh, create_graph=keep_graph)
-        else:
-            e_jac = torch.autograd.grad(dxh, xh, dyn.noise, create_graph=keep_graph)[0]
-            div = (e_jac * dyn.noise).flatten(1).sum(1)
-            frob = e_jac.pow(2).flatten(1).sum(1) if dyn.regularize else None
-        if dyn.regularize:
-            if frob is None:
-                e_jac = torch.autograd.grad(dxh, xh, dyn.noise, create_graph=keep_graph)[0]
-                frob = e_jac.pow(2).flatten(1).sum(1)
-            reg = dxh.pow(2).flatten(1).sum(1) + frob
-        else:
-            reg = torch.zeros_like(div)
-    if not keep_graph:
-        dxh, div, reg = dxh.detach(), div.detach(), reg.detach()
+    jac = torch.vmap(torch.func.jacrev(one))(x).flatten(3).flatten(1, 2)  # (B, N*D, N*D)
+    dxh, e = dyn.field(t, x, None), noise.flatten(1)
+    if dyn.field.closed_form_divergence:
+        div = dyn.field.divergence(t, x, None)
+    elif trace == "exact":
+        div = torch.diagonal(jac, dim1=1, dim2=2).sum(1)
+    else:
+        div = torch.einsum("bi,bij,bj->b", e, jac, e)
+    frob = torch.einsum("bi,bij->bj", e, jac).pow(2).sum(1)
+    reg = dxh.pow(2).flatten(1).sum(1) + frob if regularize else torch.zeros_like(div)
     return dxh, div, reg
 
 
@@ -89,13 +58,32 @@ class Contraction(VectorField):
         return -self.scale * (xh.shape[1] - 1) * xh.shape[2] * xh.new_ones(xh.shape[0])
 
 
-def test_selection_equals_the_former_thresholds() -> None:
-    sizes = [1, EXACT_FUSED_MAX_DIM, EXACT_FUSED_MAX_DIM + 1, 261]
-    totals = [8, EXACT_VMAP_MAX_ELEMENTS, EXACT_VMAP_MAX_ELEMENTS + 1, 8000]
-    for trace, closed, compiled, graph, size, total in itertools.product(
-            ("exact", "hutchinson"), (False, True), (False, True), (False, True), sizes, totals):
-        assert select_estimator(trace, closed, compiled, graph, size, total) == former_dispatch(
-            trace, closed, compiled, graph, size, total)
+SMALL, LARGE = 8, EXACT_VMAP_MAX_ELEMENTS + 1  # states below and above the vmap threshold
+
+
+@pytest.mark.parametrize(("trace", "closed", "compiled", "graph", "size", "total", "expected"), [
+    # compiled fields fuse Hutchinson's term with the field, with or without a graph
+    ("hutchinson", False, True, True, 8, LARGE, "fused_hutchinson"),
+    ("hutchinson", False, True, False, 8, SMALL, "fused_hutchinson"),
+    # compiled exact traces fuse without a graph and up to EXACT_FUSED_MAX_DIM coordinates per sample
+    ("exact", False, True, False, EXACT_FUSED_MAX_DIM, LARGE, "fused_exact"),
+    ("exact", False, True, False, EXACT_FUSED_MAX_DIM + 1, SMALL, "vmap_exact"),
+    ("exact", False, True, False, EXACT_FUSED_MAX_DIM + 1, LARGE, "exact_loop"),
+    ("exact", False, True, True, 8, SMALL, "exact_loop"),
+    # eager: one vmap-ed pass for small graph-less exact traces, else the loop or one VJP
+    ("exact", False, False, False, 8, EXACT_VMAP_MAX_ELEMENTS, "vmap_exact"),
+    ("exact", False, False, False, 8, LARGE, "exact_loop"),
+    ("exact", False, False, True, 8, SMALL, "exact_loop"),
+    ("hutchinson", False, False, False, 8, SMALL, "hutchinson"),
+    ("hutchinson", False, False, True, 8, LARGE, "hutchinson"),
+    # a closed-form divergence wins over every trace, compiled or not
+    ("exact", True, True, False, 8, SMALL, "closed_form"),
+    ("hutchinson", True, False, True, 8, LARGE, "closed_form"),
+    ("exact", True, False, False, 8, SMALL, "closed_form"),
+])
+def test_each_estimator_is_selected_where_it_pays(trace: str, closed: bool, compiled: bool, graph: bool,
+                                                  size: int, total: int, expected: str) -> None:
+    assert select_estimator(trace, closed, compiled, graph, size, total) == expected
 
 
 @pytest.mark.parametrize("batch", [3, 200])  # DW4-sized states below and above the vmap threshold
@@ -124,8 +112,8 @@ FIELDS = {"egnn": lambda: EGNNDynamics(2, 0, hidden_nf=8, n_layers=1).double(), 
 @pytest.mark.parametrize(("field", "trace", "regularize", "graph", "batch"), [
     (f, tr, reg, g, b) for f, tr, reg, g, b in itertools.product(FIELDS, ("exact", "hutchinson"), (False, True),
                                                                  (False, True), (3, 200))])
-def test_the_bound_estimator_gives_the_former_numbers(field: str, trace: str, regularize: bool, graph: bool,
-                                                      batch: int) -> None:
+def test_the_bound_estimator_equals_the_full_jacobian(field: str, trace: str, regularize: bool, graph: bool,
+                                                       batch: int) -> None:
     torch.manual_seed(0)
     dyn = AugmentedDynamics(FIELDS[field]())
     x = remove_mean(torch.randn(batch, 4, 2, dtype=torch.float64))
@@ -135,7 +123,9 @@ def test_the_bound_estimator_gives_the_former_numbers(field: str, trace: str, re
     with torch.set_grad_enabled(graph):
         xin = x.clone().requires_grad_(graph)
         new = view(t, (xin, None, None))
-        old = former_eager_forward(view, t, xin)
-    for a, b in zip(new, old):
-        assert torch.equal(a, b)
-        assert a.requires_grad == b.requires_grad
+    # the vmap-ed exact pass of a graph-less solve skips the regulariser: nothing is trained on it
+    skips_reg = not graph and view.estimators[False] == "vmap_exact"
+    for a, b in zip(new, brute_force(view, trace, regularize and not skips_reg, noise, t, x)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # training back-propagates through velocity and divergence; a graph-less solve keeps no graph at all
+    assert [a.requires_grad for a in new] == ([True, True, regularize] if graph else [False] * 3)
