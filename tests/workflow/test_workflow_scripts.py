@@ -133,8 +133,9 @@ def test_gpu_slot_leaves_cpu_and_slurm_jobs_alone(tmp_path: Path) -> None:
     assert _gpu_slot(tmp_path, env, 0).communicate(timeout=60)[0].strip() == "7"
 
 
-def _finished_run(results: Path, ds: str, model: str, n: int, seed: int, nll: float, resumed: int | None) -> None:
-    """What the workflow leaves for one evaluated Table 1 cell: run files, evaluation, benchmarks, training log."""
+def _finished_run(results: Path, ds: str, model: str, n: int | str, seed: int, nll: float,
+                  resumed: int | None) -> None:
+    """What the workflow leaves for one evaluated cell: run files, evaluation, benchmarks, training log."""
     rel = Path(ds) / model / f"n{n}" / f"seed{seed}"
     run = results / "runs" / rel
     run.mkdir(parents=True)
@@ -214,3 +215,35 @@ def test_collect_cells_tabulates_flow_matching_beside_likelihood_with_cpu_hours(
     assert cells.loc[0, "reverse_ess"] == 0.25 and pd.isna(cells.loc[1, "reverse_ess"])
     assert "| E-NF, flow matching (ours) | DW4 | 100 | 1 | 25.00 % | 10 % | 29.50 / 29.80 | 10000 | 98 |" in (
         fm / "table1.md").read_text()
+
+
+def test_collect_cells_makes_table3_from_qm9_positional_runs_and_their_analysis(tmp_path: Path) -> None:
+    """A QM9-positional run (n = all) joins cells.csv with its samples' JS divergence and gets its own Table 3;
+    Table 1 still lists the particle cells, sizes in numeric order."""
+    import collect_cells
+
+    results, out = tmp_path / "results", tmp_path / "fm"
+    _finished_run(results, "qm9_positional", "enf_fm", "all", 0, -72.5, None)
+    _finished_run(results, "dw4", "enf_fm", 1000, 0, 7.8, None)
+    _finished_run(results, "dw4", "enf_fm", 100, 0, 8.0, None)
+    samples = results / "samples" / "qm9_positional" / "enf_fm" / "nall" / "seed0"
+    (samples / "figures").mkdir(parents=True)
+    (samples / "analysis.json").write_text(json.dumps({"js_rel_dist": 0.0123, "n_molecules": 1000}))
+    (samples / "figures" / "rel_dist_hist.png").write_text("png")
+    configs = [str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "flow_matching.yaml")]
+    assert collect_cells.main(["--results", str(results), "--config", *configs, "--out", str(out),
+                               "--checkpoints", "enf_fm"]) == 0
+    cells = pd.read_csv(out / "cells.csv", dtype={"n_train": str})
+    assert list(cells["n_train"]) == ["100", "1000", "all"]
+    qm9 = cells.set_index("dataset").loc["qm9_positional"]
+    assert qm9["js_rel_dist"] == 0.0123 and qm9["analysed_samples"] == 1000 and qm9["test_nll"] == -72.5
+    cell = out / "qm9_positional" / "enf_fm" / "nall" / "seed0"
+    assert (cell / "analysis.json").is_file() and (cell / "rel_dist_hist.png").is_file()
+    table3 = (out / "table3.md").read_text()
+    row = next(line for line in table3.splitlines() if line.startswith("| E-NF, flow matching (ours) |"))
+    assert "-72.50 [1 of 3 seeds]" in row.replace("−", "-") and "0.012 [1 of 3 seeds]" in row
+    assert "| E-NF | not run (-70.20) | not run (0.006) |" in table3.replace("−", "-")
+    assert "qm9" not in (out / "table1.md").read_text().lower().split("cpu cost")[0]
+    assert collect_cells.main(["--results", str(results), "--config", *configs, "--out", str(out),
+                               "--checkpoints", "enf_fm"]) == 0  # collecting again changes nothing
+    assert pd.read_csv(out / "cells.csv", dtype={"n_train": str}).equals(cells)

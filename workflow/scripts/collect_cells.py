@@ -1,4 +1,4 @@
-"""Copy finished Table 1 cells out of a workflow's results into a small tracked folder of evidence.
+"""Copy finished Table 1 and Table 3 cells out of a workflow's results into a small tracked folder of evidence.
 
 For every evaluated run under RESULTS (`eval/<set>/<model>/n<N>/seed<S>/test.json` beside its run directory) this
 copies the resolved `config.yaml`, `metrics.json`, the evaluation JSON (`test.json`), `history.csv`,
@@ -6,8 +6,10 @@ copies the resolved `config.yaml`, `metrics.json`, the evaluation JSON (`test.js
 OUT/<set>/<model>/n<N>/seed<S>/; writes OUT/cells.csv (one row per run, with CPU seconds from Snakemake's
 benchmark files: a training resumed after a kill counts only its last job, and `resumed_after_epoch` says so)
 and renders OUT/table1.{md,csv,tex} from cells.csv with the workflow's table code, the paper's values, the
-physical floors and "not run" for every cell without a run. Cells already in OUT are kept (their
-files are never rewritten unless the run's checksum changed), so collecting after every finished job is cheap.
+physical floors and "not run" for every cell without a run. QM9-positional runs (Table 3) also bring their
+samples' analysis (`analysis.json`: JS divergence of relative distances; `rel_dist_hist.png`) and make
+OUT/table3.*. Cells already in OUT are kept (their files are never rewritten unless the run's checksum changed),
+so collecting after every finished job is cheap.
 
   python workflow/scripts/collect_cells.py --results RESULTS --config config/config.yaml \
       --out reproduction/paper_protocol [--checkpoints enf] [--label NAME]
@@ -45,7 +47,10 @@ COLUMNS = ("dataset", "model", "n_train", "seed", "test_nll", "test_nll_sem", "t
 #: Filled where the run has a Boltzmann evaluation (`enf evaluate --boltzmann`, the workflow's boltzmann rule).
 BOLTZMANN_COLUMNS = ("reverse_ess", "forward_ess", "log_z_reverse", "log_z_forward", "boltzmann_samples",
                      "nfe_per_sampling_solve", "js_energy_model", "js_distance_model", "boltzmann_cpu_seconds")
-TABLE1_SETS = ("dw4", "lj13")
+#: The table of each data set whose cells are collected.
+TABLE_OF = {"dw4": "table1", "lj13": "table1", "qm9_positional": "table3"}
+#: Filled where the run's samples were analysed (Table 3).
+ANALYSIS_COLUMNS = ("js_rel_dist", "analysed_samples")
 
 
 def machine() -> str:
@@ -88,12 +93,12 @@ def sha256(path: Path) -> str:
 
 
 def finished_cells(results: Path) -> list[tuple[str, str, str, str]]:
-    """(set, model, n, seed) of every Table 1 run that has both its run directory and its evaluation."""
+    """(set, model, n, seed) of every Table 1 or 3 run that has both its run directory and its evaluation."""
     found = []
     for test in sorted(results.glob("eval/*/*/n*/seed*/test.json")):
         ds, model, n, seed = test.parts[-5:-1]
         run = results / "runs" / ds / model / n / seed
-        if ds in TABLE1_SETS and all((run / f).is_file() for f in RUN_FILES):
+        if ds in TABLE_OF and all((run / f).is_file() for f in RUN_FILES):
             found.append((ds, model, n.removeprefix("n"), seed.removeprefix("seed")))
     return found
 
@@ -112,6 +117,11 @@ def copy_cell(results: Path, out: Path, cell: tuple[str, str, str, str], checkpo
         files += [(boltzmann / "eval.json", target / "boltzmann.json")]
         if (boltzmann / "eval_boltzmann.png").is_file():
             files += [(boltzmann / "eval_boltzmann.png", target / "boltzmann.png")]
+    samples = results / "samples" / rel
+    if (samples / "analysis.json").is_file():
+        files += [(samples / "analysis.json", target / "analysis.json")]
+        if (samples / "figures" / "rel_dist_hist.png").is_file():
+            files += [(samples / "figures" / "rel_dist_hist.png", target / "rel_dist_hist.png")]
     for src, dst in files:
         if not dst.is_file() or sha256(src) != sha256(dst):
             tmp = dst.with_name(f".{dst.name}.tmp")
@@ -128,14 +138,34 @@ def cell_row(results: Path, target: Path, cell: tuple[str, str, str, str], where
     rel = Path(ds) / model / f"n{n}" / f"seed{seed}"
     train, evaluate = (benchmark(results / "benchmarks" / kind / f"{rel}.tsv") for kind in ("train", "evaluate"))
     resumed = resumed_after(results / "logs" / "train" / f"{rel}.log")
-    return {"dataset": ds, "model": model, "n_train": int(n), "seed": int(seed), "test_nll": ev["nll"],
+    return {"dataset": ds, "model": model, "n_train": n_value(n), "seed": int(seed), "test_nll": ev["nll"],
             "test_nll_sem": ev["nll_sem"], "test_trace": ev["trace"], "best_epoch": metrics["best_epoch"],
             "epochs": metrics["epochs"], "config_hash": metrics["config_hash"],
             "code_version": metrics["code_version"], "train_cpu_seconds": train.get("cpu_time"),
             "eval_cpu_seconds": evaluate.get("cpu_time"),
             "wall_seconds": (train.get("s", 0.0) + evaluate.get("s", 0.0)) or None,
             "mean_nfe": metrics["mean_nfe"], "machine": where, "resumed_after_epoch": resumed,
-            **boltzmann_row(target / "boltzmann.json", results / "benchmarks" / "boltzmann" / f"{rel}.tsv")}
+            **boltzmann_row(target / "boltzmann.json", results / "benchmarks" / "boltzmann" / f"{rel}.tsv"),
+            **analysis_row(target / "analysis.json")}
+
+
+def n_value(n: str) -> int | str:
+    """A cell's training-set size: a number, or a word such as `all` (QM9-positional's whole split)."""
+    return int(n) if n.isdigit() else n
+
+
+def cell_key(dataset: str, model: str, n: int | str, seed: int | str) -> tuple[str, str, tuple[int, str], int]:
+    """The sort key of a cell: sizes in numeric order, words after them."""
+    n = n_value(str(n))
+    return dataset, model, (n, "") if isinstance(n, int) else (10**18, n), int(seed)
+
+
+def analysis_row(path: Path) -> dict[str, Any]:
+    """The JS divergence of relative distances of a run's analysed samples (empty without an analysis)."""
+    if not path.is_file():
+        return {}
+    analysis = json.loads(path.read_text())
+    return {"js_rel_dist": analysis.get("js_rel_dist"), "analysed_samples": analysis.get("n_molecules")}
 
 
 def boltzmann_row(path: Path, bench: Path) -> dict[str, Any]:
@@ -164,15 +194,16 @@ def write_cells(out: Path, rows: list[dict[str, Any]]) -> None:
     if path.is_file():
         with open(path) as handle:
             for row in csv.DictReader(handle):
-                merged[(row["dataset"], row["model"], int(row["n_train"]), int(row["seed"]))] = row
+                merged[cell_key(row["dataset"], row["model"], row["n_train"], row["seed"])] = row
     for row in rows:
-        key = (row["dataset"], row["model"], row["n_train"], row["seed"])
+        key = cell_key(row["dataset"], row["model"], row["n_train"], row["seed"])
         if key in merged and merged[key].get("machine") and merged[key]["code_version"] == row["code_version"]:
             row["machine"] = merged[key]["machine"]  # keep the machine of the session that collected it first
         merged[key] = row
     tmp = path.with_name(".cells.csv.tmp")
     with open(tmp, "w", newline="") as handle:
-        columns = COLUMNS + (BOLTZMANN_COLUMNS if any(row.get("reverse_ess") for row in merged.values()) else ())
+        columns = (COLUMNS + (BOLTZMANN_COLUMNS if any(row.get("reverse_ess") for row in merged.values()) else ())
+                   + (ANALYSIS_COLUMNS if any(row.get("js_rel_dist") for row in merged.values()) else ()))
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for key in sorted(merged):
@@ -228,35 +259,43 @@ def shown_path(path: Path) -> str:
 
 
 def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv: Path, label: str,
-                 beside: tuple[Path, ...] = ()) -> None:
-    """table1.{md,csv,tex} from cells.csv (and those of `beside`) with the workflow's table code (paper values,
-    floors, "not run"), and the CPU hours of each row below the Markdown table."""
+                 beside: tuple[Path, ...] = ()) -> list[Path]:
+    """table1.{md,csv,tex} (and table3.* where QM9-positional cells exist) from cells.csv and those of `beside`,
+    with the workflow's table code (paper values, floors, "not run"), and the CPU hours of each row below each
+    Markdown table. Returns the Markdown tables written."""
     labels = {m: (config["models"].get(m) or {}).get("label", m) for m in config["models"]}
     sourced = [(folder, r) for folder in (out, *beside) for r in read_cells(folder)]
-    manifest = []
-    for folder, r in sourced:
-        cell = folder / r["dataset"] / r["model"] / f"n{r['n_train']}" / f"seed{r['seed']}"
-        manifest.append({"dataset": r["dataset"], "model": r["model"], "label": labels.get(r["model"], r["model"]),
-                         "n_train": r["n_train"], "column": r["n_train"], "seed": int(r["seed"]),
-                         "evaluation": str(cell / "test.json"), "run": str(cell / "metrics.json"),
-                         "kind": "trained"})
-    exps = {ds: {"n_train": [str(n) for n in exp["n_train"]], "budgets": exp.get("budgets", {}),
-                 "subset": None, "data_args": "", "columns": {str(n): str(n) for n in exp["n_train"]},
-                 "evaluate": exp.get("evaluate", {}), "sample": exp.get("sample"), "set": exp.get("set", {})}
-            for ds, exp in config["experiments"].items() if exp.get("table") == "table1"}
-    meta = {"table": "table1", "config_name": label, "config_files": [config_file],
-            "budget_note": config.get("budget_note"), "seeds": config["seeds"], "experiments": exps,
-            "pretrained": None, "models": labels, "model_settings": {}}
-    make_tables.make_table(manifest, meta, paper_csv, config, out / "table1.csv", out / "table1.md",
-                           out / "table1.tex")
-    with open(out / "table1.md", "a") as handle:
-        handle.write("\nCPU cost, over the runs above (Snakemake's benchmark of each job):\n\n"
-                     + "\n".join(cost_lines([r for _, r in sourced], labels)) + "\n")
-        ess = ess_lines(read_cells(out), labels)
-        if ess:
-            handle.write("\nImportance sampling (`enf evaluate --boltzmann N`, exact log-densities; mean over the "
-                         "seeds evaluated; the true log Z lies between the reverse and forward estimates):\n\n"
-                         + "\n".join(ess) + "\n")
+    written = []
+    for table in ("table1", "table3"):
+        rows = [(folder, r) for folder, r in sourced if TABLE_OF.get(r["dataset"]) == table]
+        if table != "table1" and not rows:
+            continue
+        manifest = []
+        for folder, r in rows:
+            cell = folder / r["dataset"] / r["model"] / f"n{r['n_train']}" / f"seed{r['seed']}"
+            manifest.append({"dataset": r["dataset"], "model": r["model"], "label": labels.get(r["model"], r["model"]),
+                             "n_train": r["n_train"], "column": r["n_train"], "seed": int(r["seed"]),
+                             "evaluation": str(cell / "test.json"), "run": str(cell / "metrics.json"),
+                             "analysis": str(cell / "analysis.json"), "kind": "trained"})
+        exps = {ds: {"n_train": [str(n) for n in exp["n_train"]], "budgets": exp.get("budgets", {}),
+                     "subset": None, "data_args": "", "columns": {str(n): str(n) for n in exp["n_train"]},
+                     "evaluate": exp.get("evaluate", {}), "sample": exp.get("sample"), "set": exp.get("set", {})}
+                for ds, exp in config["experiments"].items() if exp.get("table") == table}
+        meta = {"table": table, "config_name": label, "config_files": [config_file],
+                "budget_note": config.get("budget_note"), "seeds": config["seeds"], "experiments": exps,
+                "pretrained": None, "models": labels, "model_settings": {}}
+        md = out / f"{table}.md"
+        make_tables.make_table(manifest, meta, paper_csv, config, out / f"{table}.csv", md, out / f"{table}.tex")
+        with open(md, "a") as handle:
+            handle.write("\nCPU cost, over the runs above (Snakemake's benchmark of each job):\n\n"
+                         + "\n".join(cost_lines([r for _, r in rows], labels)) + "\n")
+            ess = ess_lines([r for folder, r in rows if folder == out], labels)
+            if ess:
+                handle.write("\nImportance sampling (`enf evaluate --boltzmann N`, exact log-densities; mean over "
+                             "the seeds evaluated; the true log Z lies between the reverse and forward "
+                             "estimates):\n\n" + "\n".join(ess) + "\n")
+        written.append(md)
+    return written
 
 
 def _mean_of(rows: list[dict[str, str]], column: str) -> float:
@@ -300,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             for c in cells]
     args.out.mkdir(parents=True, exist_ok=True)
     write_cells(args.out, rows)
-    render_table(args.out, config, " + ".join(map(shown_path, args.config)), args.paper,
-                 args.label or config.get("name", "paper"), tuple(args.beside))
-    print(f"{len(rows)} cell run(s) collected into {args.out}; table in {args.out / 'table1.md'}")
+    tables = render_table(args.out, config, " + ".join(map(shown_path, args.config)), args.paper,
+                          args.label or config.get("name", "paper"), tuple(args.beside))
+    print(f"{len(rows)} cell run(s) collected into {args.out}; tables in {', '.join(map(str, tables))}")
     return 0
 
 
