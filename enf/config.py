@@ -62,6 +62,7 @@ BASE: dict[str, Any] = {
         "lr": 5e-4,
         "weight_decay": 1e-12,
         "amsgrad": True,
+        "ema": 0.0,                  # decay of an average of the weights validated and saved in their place; 0: off
         "eval_every": 1,
         "clip_grad": "none",         # none | adaptive (1.5 mean + 2 std of the last 50 clipped norms)
         "clip_queue_init": 3000.0,
@@ -85,6 +86,7 @@ class Setting:
     nullable: bool = False          # null (None) allowed, where the default is null
     items: type | None = None
     meaning: str = ""               # how the accepted strings are described in a refusal
+    below: float | None = None      # exclusive upper bound (numbers)
 
     def accepts(self, value: Any) -> bool:
         """Whether `value` is allowed for this setting."""
@@ -107,7 +109,7 @@ class Setting:
             if value is None:
                 return False
         return (math.isfinite(value) and (self.minimum is None or value >= self.minimum)
-                and (not self.positive or value > 0))
+                and (not self.positive or value > 0) and (self.below is None or value < self.below))
 
     def describe(self) -> str:
         """What the setting accepts, for a refusal."""
@@ -126,6 +128,8 @@ class Setting:
                 text += " > 0"
             elif self.minimum is not None:
                 text += f" >= {self.minimum:g}"
+            if self.below is not None:
+                text += f" and < {self.below:g}"
         return text + (" or null" if self.nullable else "")
 
 
@@ -186,6 +190,7 @@ SETTINGS: dict[str, Setting] = {
     "train.lr": Setting(float, positive=True),
     "train.weight_decay": Setting(float, minimum=0),
     "train.amsgrad": Setting(bool),
+    "train.ema": Setting(float, minimum=0, below=1),
     "train.eval_every": Setting(int, minimum=1),
     "train.clip_grad": Setting(str, choices=CLIP_GRADS),
     "train.clip_queue_init": Setting(float, positive=True),

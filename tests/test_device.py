@@ -100,12 +100,6 @@ def test_gpu_request_reads_only_the_given_environment() -> None:
     assert gpu_request({"SLURM_GPUS_ON_NODE": "2"}) == "SLURM_GPUS_ON_NODE=2"
 
 
-def test_training_module_still_exports_pick_device() -> None:
-    from enf import training
-
-    assert training.pick_device is pick_device
-
-
 FAST = ["--n-train", "32", "--set", "model.hidden_nf=8", "--set", "model.n_layers=1", "--set", "train.batch_size=16",
         "--no-progress"]
 

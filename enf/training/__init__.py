@@ -6,10 +6,8 @@ from enf.training.trainer import (
     AdaptiveClipper,
     Trainer,
     augment,
-    pick_device,
     seed_everything,
     train,
 )
 
-__all__ = ["HISTORY_COLUMNS", "RUN_FILES", "AdaptiveClipper", "Trainer", "augment", "pick_device", "seed_everything",
-           "train"]
+__all__ = ["HISTORY_COLUMNS", "RUN_FILES", "AdaptiveClipper", "Trainer", "augment", "seed_everything", "train"]

@@ -1,4 +1,5 @@
-"""Maximum-likelihood training with model selection on validation NLL, atomic checkpoints and resume.
+"""Training by an objective (likelihood, flow matching) with model selection on validation NLL, an optional
+average of the weights, atomic checkpoints and resume.
 
 Run directory layout:
   config.yaml, checkpoint.pt (selected model), metrics.json, history.csv, training_curves.png  (results)
@@ -8,6 +9,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import random
@@ -25,12 +27,13 @@ from tqdm import tqdm
 
 from enf.config import config_hash
 from enf.data.datasets import DATASETS, load_split, split_path
-from enf.device import choose_device, pick_device  # noqa: F401  (pick_device: re-exported, its old home)
+from enf.device import choose_device
 from enf.errors import EnfError, NumericalError
 from enf.evaluation import batches, evaluate_nll, to_device
 from enf.geometry import random_orthogonal, random_rotation_2d, rotate
 from enf.io import atomic_path, write_json
 from enf.models import build_model, checkpoints
+from enf.training.averaging import WeightAverage
 from enf.training.history import STEP_FILE, StepHistory, read_steps
 from enf.training.objectives import build_objective, history_column
 from enf.version import code_version
@@ -140,6 +143,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.steps = StepHistory(self.out / STEP_FILE)
         self.best: dict[str, Any] = {"epoch": None, "val_nll": math.inf}
+        self.average: WeightAverage | None = None  # made after the data-dependent initialisation (`run`)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_state(self, epoch_done: int) -> None:
@@ -149,6 +153,7 @@ class Trainer:
             "optimizer_state": self.optimizer.state_dict(), "best": checkpoints.plain(self.best),
             "history": checkpoints.plain(self.history), "rng": rng_state(),
             "clip_queue": [float(v) for v in self.clipper.queue] if self.clipper else None,
+            "weight_average": self.average.state_dict() if self.average else None,
             "code_version": code_version(),
         })
 
@@ -218,6 +223,8 @@ class Trainer:
             self.optimizer.step()
             steps += 1
             self.step += 1
+            if self.average:
+                self.average.update(self.step)
             values = {history_column(key): value.detach().item() for key, value in out.items()}
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -232,9 +239,14 @@ class Trainer:
                 "grad_norm": grad_norms / steps, "clipped_steps": n_clipped, "steps": steps,
                 "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
 
+    def selected_weights(self) -> contextlib.AbstractContextManager[None]:
+        """The weights a validation scores and a selection keeps: the weight average where `train.ema` is on."""
+        return self.average.applied(self.model) if self.average else contextlib.nullcontext()
+
     def validate(self) -> dict[str, Any]:
-        return evaluate_nll(self.model, self.valid_data, self.tcfg["eval_batch_size"],
-                            self.cfg["flow"]["trace_eval"], device=self.device)
+        with self.selected_weights():
+            return evaluate_nll(self.model, self.valid_data, self.tcfg["eval_batch_size"],
+                                self.cfg["flow"]["trace_eval"], device=self.device)
 
     def run(self) -> dict[str, Any]:
         state = self.check_resumable()
@@ -248,6 +260,14 @@ class Trainer:
         if not resumed:
             first = batches(self.train_data, self.tcfg["batch_size"])[0]
             self.model.initialize(to_device(first, self.device), self.train_data)
+        if self.tcfg["ema"] > 0:
+            self.average = WeightAverage(self.model, float(self.tcfg["ema"]))
+            if resumed:
+                try:
+                    self.average.load_state_dict(state["weight_average"])
+                except (KeyError, TypeError, RuntimeError) as err:
+                    raise EnfError(f"{self.state_dir / 'last.pt'}: not a resumable state of this run (its weight "
+                                   f"average: {type(err).__name__})") from None
         epochs = int(self.tcfg["epochs"])
         every = int(self.tcfg["eval_every"])
         self.log(f"{self.cfg['model']['name']} on {self.cfg['dataset']}: {self.n_train} training samples, "
@@ -268,9 +288,10 @@ class Trainer:
                                    "val_seconds": val["seconds"]})
                 if val["nll"] < self.best["val_nll"]:
                     self.best = {"epoch": epoch, "val_nll": val["nll"], "val_nll_sem": val["nll_sem"]}
-                    checkpoints.save(self.state_dir / "best.pt", {"format": checkpoints.FORMAT,
-                                                                  "model_state": self.model.state_dict(),
-                                                                  "epoch": epoch})
+                    with self.selected_weights():
+                        checkpoints.save(self.state_dir / "best.pt", {"format": checkpoints.FORMAT,
+                                                                      "model_state": self.model.state_dict(),
+                                                                      "epoch": epoch})
             wall += row["seconds"] + row.get("val_seconds", 0.0)
             self.history.append(row)
             self.save_state(epoch + 1)

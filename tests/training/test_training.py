@@ -61,8 +61,9 @@ def test_no_test_leaves_the_test_split_unread(dw4_dir: Path, tmp_path: Path, mon
     assert set(calls) == {n_valid}
 
 
-def test_killed_run_resumes_to_the_same_result(dw4_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    reference = train(_cfg(), dw4_dir, tmp_path / "reference", progress=False)
+@pytest.mark.parametrize("ema", [0.0, 0.9])  # the weight average is part of the resumable state
+def test_killed_run_resumes_to_the_same_result(ema: float, dw4_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    reference = train(_cfg(ema=ema), dw4_dir, tmp_path / "reference", progress=False)
 
     original = StepHistory.append
 
@@ -73,13 +74,13 @@ def test_killed_run_resumes_to_the_same_result(dw4_dir: Path, tmp_path: Path, mo
 
     monkeypatch.setattr(StepHistory, "append", dying)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(), dw4_dir, tmp_path / "run", progress=False)
+        train(_cfg(ema=ema), dw4_dir, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "metrics.json").exists()
     state = checkpoints.load(tmp_path / "run" / "state" / "last.pt")
     assert state["epoch"] == 2 and state["step"] == 4
     assert read_steps(tmp_path / "run" / "history_steps.csv")[-1]["step"] == 5  # to be redone
     monkeypatch.setattr(StepHistory, "append", original)
-    resumed = train(_cfg(), dw4_dir, tmp_path / "run", progress=False)
+    resumed = train(_cfg(ema=ema), dw4_dir, tmp_path / "run", progress=False)
     assert resumed["epochs"] == 3
     assert resumed["best_val_nll"] == pytest.approx(reference["best_val_nll"], abs=1e-9)
     assert resumed["test_nll"] == pytest.approx(reference["test_nll"], abs=1e-9)
