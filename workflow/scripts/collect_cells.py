@@ -47,6 +47,10 @@ COLUMNS = ("dataset", "model", "n_train", "seed", "test_nll", "test_nll_sem", "t
 #: Filled where the run has a Boltzmann evaluation (`enf evaluate --boltzmann`, the workflow's boltzmann rule).
 BOLTZMANN_COLUMNS = ("reverse_ess", "forward_ess", "log_z_reverse", "log_z_forward", "boltzmann_samples",
                      "nfe_per_sampling_solve", "js_energy_model", "js_distance_model", "boltzmann_cpu_seconds")
+#: The authors' code's time per E-NF training iteration over enf's, at the paper configuration's execution settings
+#: (compiled field, direct back-propagation; theirs: the adjoint), measured side by side on this 2-core machine
+#: with `benchmarks/bench_core.py --compile --tasks train --authors CHECKOUT` (docs/performance.md, 2026-12-02).
+AUTHORS_TIME_RATIO = {("enf", "dw4"): 3.61, ("enf", "lj13"): 4.24}
 #: The table of each data set whose cells are collected.
 TABLE_OF = {"dw4": "table1", "lj13": "table1", "qm9_positional": "table3"}
 #: Filled where the run's samples were analysed (Table 3).
@@ -258,6 +262,28 @@ def shown_path(path: Path) -> str:
     return path.name
 
 
+def cell_cost_lines(rows: list[dict[str, str]], labels: dict[str, str]) -> list[str]:
+    """Per cell: mean CPU time per run of training and of the test evaluation, and for E-NF the authors' code's
+    estimated training time for the same iterations on this machine (enf's time x the measured ratio)."""
+    lines = ["| Method | data set | n | runs | training, CPU h per run | test, CPU min per run "
+             "| authors' code, estimated CPU h per run |", "|---|---|---|---|---|---|---|"]
+    cells = {(r["model"], r["dataset"], str(r["n_train"])) for r in rows}
+    for model, ds, n in sorted(cells, key=lambda k: (k[0], *cell_key(k[1], k[0], k[2], 0)[::2])):
+        group = [r for r in rows if (r["model"], r["dataset"], str(r["n_train"])) == (model, ds, n)]
+        timed = [float(r["train_cpu_seconds"]) / 3600 for r in group
+                 if r.get("train_cpu_seconds") and not r.get("resumed_after_epoch")]
+        tested = [float(r["eval_cpu_seconds"]) / 60 for r in group if r.get("eval_cpu_seconds")]
+        train = sum(timed) / len(timed) if timed else None
+        ratio = AUTHORS_TIME_RATIO.get((model, ds))
+        shown_train = "–" if train is None else f"{train:.2f}" + (
+            "" if len(timed) == len(group) else f" ({len(timed)} of {len(group)} runs)")
+        shown_test = f"{sum(tested) / len(tested):.1f}" if tested else "–"
+        shown_authors = f"{train * ratio:.2f}" if train is not None and ratio else "–"
+        lines.append(f"| {labels.get(model, model)} | {ds.upper()} | {n} | {len(group)} | {shown_train} | "
+                     f"{shown_test} | {shown_authors} |")
+    return lines
+
+
 def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv: Path, label: str,
                  beside: tuple[Path, ...] = ()) -> list[Path]:
     """table1.{md,csv,tex} (and table3.* where QM9-positional cells exist) from cells.csv and those of `beside`,
@@ -288,7 +314,9 @@ def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv:
         make_tables.make_table(manifest, meta, paper_csv, config, out / f"{table}.csv", md, out / f"{table}.tex")
         with open(md, "a") as handle:
             handle.write("\nCPU cost, over the runs above (Snakemake's benchmark of each job):\n\n"
-                         + "\n".join(cost_lines([r for _, r in rows], labels)) + "\n")
+                         + "\n".join(cost_lines([r for _, r in rows], labels)) + "\n\nPer cell (a run resumed "
+                         "after a kill is left out of the training mean, its first job's time being unknown):\n\n"
+                         + "\n".join(cell_cost_lines([r for _, r in rows], labels)) + "\n")
             ess = ess_lines([r for folder, r in rows if folder == out], labels)
             if ess:
                 handle.write("\nImportance sampling (`enf evaluate --boltzmann N`, exact log-densities; mean over "
