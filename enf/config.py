@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from enf.errors import EnfError
+from enf.io import as_number
 
 #: The string choices of the settings (the modules that use them import them from here).
 ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "rk4", "heun2",
@@ -105,7 +106,7 @@ class Setting:
         if self.kind is int and not isinstance(value, int):
             return False
         if self.kind is float:
-            value = _number(value)
+            value = as_number(value)
             if value is None:
                 return False
         return (math.isfinite(value) and (self.minimum is None or value >= self.minimum)
@@ -131,20 +132,6 @@ class Setting:
             if self.below is not None:
                 text += f" and < {self.below:g}"
         return text + (" or null" if self.nullable else "")
-
-
-def _number(value: Any) -> float | None:
-    """A finite float for an int, a float, or a string such as '1e-3' (which YAML 1.1 reads as a string)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
 
 
 #: One declaration per setting: every key of BASE, of the data sets' and the models' defaults, and the keys an

@@ -66,7 +66,7 @@ def remove_stale_temporaries(path: Path, max_age: float = STALE_TMP_SECONDS) -> 
             age = now - candidate.lstat().st_mtime
         except OSError:
             continue
-        dead = match is not None and match["host"] == _HOST and not _alive(int(match["pid"]))
+        dead = match is not None and match["host"] == _HOST and not pid_alive(int(match["pid"]))
         if (dead or age > max_age) and candidate.is_file():
             with contextlib.suppress(OSError):
                 candidate.unlink()
@@ -74,7 +74,7 @@ def remove_stale_temporaries(path: Path, max_age: float = STALE_TMP_SECONDS) -> 
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process `pid` exists on this host."""
     if pid == os.getpid():
         return True
@@ -233,3 +233,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def as_number(value: Any) -> float | None:
+    """A float for an int, a float, or a string such as '1e-3' (which YAML 1.1 reads as a string); None for
+    anything else (bools, None, other strings)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None

@@ -60,6 +60,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the enf of this checkout, installed or not
+from enf.io import as_number, pid_alive  # noqa: E402  (light: no torch)
+
 LOCK_ERRORS = ("database is locked", "database table is locked", "database is busy", "unable to open database")
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -265,20 +268,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
-
-
-def as_number(value: Any) -> float | None:
-    """A float for numeric values (bools excluded), else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
 
 
 def read_history(path: Path) -> list[dict[str, str]]:
@@ -942,19 +931,6 @@ def write_json(path: str, obj: Any) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
