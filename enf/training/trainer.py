@@ -181,6 +181,9 @@ class Trainer:
             self.step = int(state.get("step", sum(int(h["steps"]) for h in self.history)))
             if self.clipper and state.get("clip_queue"):
                 self.clipper.queue.extend(float(v) for v in state["clip_queue"])
+            if self.tcfg["ema"] > 0:
+                self.average = WeightAverage(self.model, float(self.tcfg["ema"]))
+                self.average.load_state_dict(state["weight_average"])
             set_rng_state(state["rng"])
         except (KeyError, TypeError, RuntimeError, ValueError) as err:
             lines = str(err).splitlines()
@@ -260,14 +263,8 @@ class Trainer:
         if not resumed:
             first = batches(self.train_data, self.tcfg["batch_size"])[0]
             self.model.initialize(to_device(first, self.device), self.train_data)
-        if self.tcfg["ema"] > 0:
+        if self.tcfg["ema"] > 0 and self.average is None:
             self.average = WeightAverage(self.model, float(self.tcfg["ema"]))
-            if resumed:
-                try:
-                    self.average.load_state_dict(state["weight_average"])
-                except (KeyError, TypeError, RuntimeError) as err:
-                    raise EnfError(f"{self.state_dir / 'last.pt'}: not a resumable state of this run (its weight "
-                                   f"average: {type(err).__name__})") from None
         epochs = int(self.tcfg["epochs"])
         every = int(self.tcfg["eval_every"])
         self.log(f"{self.cfg['model']['name']} on {self.cfg['dataset']}: {self.n_train} training samples, "

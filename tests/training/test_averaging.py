@@ -82,3 +82,18 @@ def test_a_run_selects_and_saves_the_averaged_weights(dw4_dir: Path, tmp_path: P
         for key, value in last["weight_average"].items():
             assert torch.equal(payload["model_state"][key], value)
     assert any(not torch.equal(last["model_state"][k], last["weight_average"][k]) for k in last["model_state"])
+
+
+def test_a_saved_state_without_its_weight_average_is_refused_before_any_change(dw4_dir: Path, tmp_path: Path) -> None:
+    cfg = resolve("dw4", "enf", 32, sets={
+        "train": {"batch_size": 16, "eval_every": 1, "eval_batch_size": 32, "epochs": 1, "ema": 0.9},
+        "model": {"hidden_nf": 8, "n_layers": 1}, "flow": {"rtol": 1e-3, "atol": 1e-3}})
+    run = tmp_path / "run"
+    train(cfg, dw4_dir, run, progress=False, test=False)
+    state = checkpoints.load(run / "state" / "last.pt")
+    state["weight_average"] = None
+    checkpoints.save(run / "state" / "last.pt", state)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(EnfError, match="last.pt: not a resumable state of this run"):
+        train(cfg, dw4_dir, run, progress=False, test=False)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
