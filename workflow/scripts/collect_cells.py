@@ -268,7 +268,11 @@ def cell_cost_lines(rows: list[dict[str, str]], labels: dict[str, str]) -> list[
     lines = ["| Method | data set | n | runs | training, CPU h per run | test, CPU min per run "
              "| authors' code, estimated CPU h per run |", "|---|---|---|---|---|---|---|"]
     cells = {(r["model"], r["dataset"], str(r["n_train"])) for r in rows}
-    for model, ds, n in sorted(cells, key=lambda k: (k[0], *cell_key(k[1], k[0], k[2], 0)[::2])):
+    def order(cell: tuple[str, str, str]) -> tuple:
+        model, ds, n = cell
+        return model, *cell_key(ds, model, n, 0)[::2]  # model, data set, size in numeric order
+
+    for model, ds, n in sorted(cells, key=order):
         group = [r for r in rows if (r["model"], r["dataset"], str(r["n_train"])) == (model, ds, n)]
         timed = [float(r["train_cpu_seconds"]) / 3600 for r in group
                  if r.get("train_cpu_seconds") and not r.get("resumed_after_epoch")]
