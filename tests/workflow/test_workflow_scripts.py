@@ -250,3 +250,29 @@ def test_collect_cells_makes_table3_from_qm9_positional_runs_and_their_analysis(
     assert collect_cells.main(["--results", str(results), "--config", *configs, "--out", str(out),
                                "--checkpoints", "enf_fm"]) == 0  # collecting again changes nothing
     assert pd.read_csv(out / "cells.csv", dtype={"n_train": str}).equals(cells)
+
+
+def test_readme_evidence_fills_its_block_from_collected_cells(tmp_path: Path, capsys) -> None:
+    import collect_cells
+    import readme_evidence
+
+    results, out = tmp_path / "results", tmp_path / "evidence"
+    _finished_run(results, "dw4", "enf", 100, 0, 8.0, None)
+    _finished_run(results, "dw4", "gnf", 100, 0, 11.0, None)
+    assert collect_cells.main(["--results", str(results), "--config", str(ROOT / "config" / "config.yaml"),
+                               "--out", str(out)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t1: start -->\nold\n<!-- t1: end -->\nafter\n")
+    assert readme_evidence.main([str(readme), "--block", "t1", "--folder", str(out), "--rows", "E-NF",
+                                 "--model", "enf", "--cost"]) == 0
+    text = readme.read_text()
+    block = text.split("<!-- t1: start -->\n")[1].split("\n<!-- t1: end -->")[0]
+    assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
+    rows = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| ")]
+    assert rows == ["Method", "E-NF", "Physical floor (entropy of the target)"]  # GNF left out
+    assert "- DW4 n = 100: seed 0: 8.00 +- 0.10 (epoch 7; 2 CPU min training, 5 s test)." in block
+    assert "- E-NF: 1 run(s), 0.03 CPU h training" in block
+    before = readme.read_text()
+    assert readme_evidence.main([str(readme), "--block", "missing", "--folder", str(out), "--rows", "E-NF",
+                                 "--model", "enf"]) == 2
+    assert readme.read_text() == before and "no block 'missing'" in capsys.readouterr().err
