@@ -57,6 +57,7 @@ BASE: dict[str, Any] = {
     "train": {
         "objective": "likelihood",   # likelihood | flow_matching (simulation-free; see enf/training/flow_matching.py)
         "n_train": None,
+        "n_valid": None,             # validate on the first N validation samples (costly validations); null: all
         "epochs": 100,
         "batch_size": 100,
         "eval_batch_size": 500,
@@ -171,6 +172,7 @@ SETTINGS: dict[str, Setting] = {
     "flow_matching.sigma": Setting(float, minimum=0),
     "train.objective": Setting(str, choices=OBJECTIVES),
     "train.n_train": Setting(int, minimum=1, nullable=True),    # null: the whole training split
+    "train.n_valid": Setting(int, minimum=1, nullable=True),    # null: the whole validation split
     "train.epochs": Setting(int, minimum=0),                    # 0: the initial model is the selection
     "train.batch_size": Setting(int, minimum=1),
     "train.eval_batch_size": Setting(int, minimum=1),

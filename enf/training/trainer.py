@@ -120,7 +120,7 @@ class Trainer:
     def load_data(self) -> None:
         n = self.tcfg["n_train"]
         self.train_data = load_split(self.spec, split_path(self.data_dir, "train"), n, self.dtype)
-        self.valid_data = load_split(self.spec, split_path(self.data_dir, "valid"), None, self.dtype)
+        self.valid_data = load_split(self.spec, split_path(self.data_dir, "valid"), self.tcfg["n_valid"], self.dtype)
         self.test_data = (load_split(self.spec, split_path(self.data_dir, "test"), None, self.dtype)
                           if self.test else None)
         self.n_train = self.train_data["positions"].shape[0]

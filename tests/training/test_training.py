@@ -61,6 +61,20 @@ def test_no_test_leaves_the_test_split_unread(dw4_dir: Path, tmp_path: Path, mon
     assert set(calls) == {n_valid}
 
 
+def test_n_valid_validates_on_the_first_samples_of_the_validation_split(dw4_dir: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """`train.n_valid` bounds the cost of each validation: the first N samples, the same ones every time."""
+    import enf.training.trainer
+
+    seen = []
+    real = enf.training.trainer.evaluate_nll
+    monkeypatch.setattr(enf.training.trainer, "evaluate_nll", lambda model, data, *a, **k: seen.append(
+        data["positions"].clone()) or real(model, data, *a, **k))
+    train(_cfg(epochs=2, n_valid=5), dw4_dir, tmp_path / "run", progress=False, test=False)
+    first = torch.as_tensor(np.load(dw4_dir / "valid.npz")["positions"][:5], dtype=seen[0].dtype)
+    assert len(seen) == 2 and all(torch.equal(batch, first) for batch in seen)  # one per epoch
+
+
 @pytest.mark.parametrize("ema", [0.0, 0.9])  # the weight average is part of the resumable state
 def test_killed_run_resumes_to_the_same_result(ema: float, dw4_dir: Path, tmp_path: Path, monkeypatch) -> None:
     reference = train(_cfg(ema=ema), dw4_dir, tmp_path / "reference", progress=False)

@@ -138,7 +138,8 @@ def test_budgets_come_from_enf_unless_the_config_gives_them(tmp_path: Path) -> N
     """config.yaml gives no budgets: each training size trains at enf's protocol budget (enf/data/datasets.py),
     and a size the config does give a budget trains at that one."""
     override = tmp_path / "override.yaml"
-    override.write_text('experiments:\n  dw4:\n    budgets:\n      "100": {epochs: 7, eval_every: 1, batch_size: 50}\n')
+    override.write_text('experiments:\n  dw4:\n    budgets:\n'
+                        '      "100": {epochs: 7, eval_every: 1, batch_size: 50, n_valid: 64}\n')
     res = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "config.yaml"), str(override), "--",
                     "results/runs/dw4/enf/n100/seed0/checkpoint.pt", "results/runs/dw4/enf/n1000/seed0/checkpoint.pt",
                     "results/runs/qm9/enf/nall/seed0/checkpoint.pt")
@@ -146,7 +147,8 @@ def test_budgets_come_from_enf_unless_the_config_gives_them(tmp_path: Path) -> N
     assert res.returncode == 0, out[-3000:]
     commands = {n: next(line for line in out.splitlines() if "enf train" in line and f"/{n}/seed0 " in line)
                 for n in ("dw4/enf/n100", "dw4/enf/n1000", "qm9/enf/nall")}
-    assert "--epochs 7 --set=train.batch_size=50 --set=train.eval_every=1 " in commands["dw4/enf/n100"]
+    assert ("--epochs 7 --set=train.batch_size=50 --set=train.eval_every=1 --set=train.n_valid=64 "
+            in commands["dw4/enf/n100"])
     assert "--epochs 300 --set=train.batch_size=100 --set=train.eval_every=5 " in commands["dw4/enf/n1000"]
     assert "--epochs 100 --set=train.batch_size=128 --out" in commands["qm9/enf/nall"]
 

@@ -47,8 +47,8 @@ def test_table1_mean_std_paper_diff_and_not_run(tmp_path: Path) -> None:
     manifest = [_cell(tmp_path, "dw4", "enf", "E-NF", "100", s, v) for s, v in ((0, 8.0), (1, 9.0), (2, 10.0))]
     manifest += [_cell(tmp_path, "dw4", "gnf", "GNF", "100", 0, None)]
     manifest += [_cell(tmp_path, "dw4", "gnf_att", "GNF-att", "100", s, v) for s, v in ((0, 11.0), (1, 12.0))]
-    exps = {"dw4": {"n_train": ["100"], "budgets": {"100": {"epochs": 2, "eval_every": 1, "batch_size": 100}},
-                    "evaluate": {"n": 40}, "sample": None}}
+    exps = {"dw4": {"n_train": ["100"], "evaluate": {"n": 40}, "sample": None,
+                    "budgets": {"100": {"epochs": 2, "eval_every": 1, "batch_size": 100, "n_valid": 50}}}}
     protocol = make_tables.load_protocol(ROOT / "config" / "config.yaml")  # budgets: enf's protocol
     out = tmp_path / "t1"
     agg = make_tables.make_table(manifest, _meta("table1", exps, [0, 1, 2]), ROOT / "workflow" / "resources" /
@@ -64,6 +64,7 @@ def test_table1_mean_std_paper_diff_and_not_run(tmp_path: Path) -> None:
     assert "not run (11.93)" in md
     assert "REDUCED unit-test budget" in md and "Configuration: unit" in md
     assert "2 epoch(s) instead of the protocol's 1000" in md
+    assert "DW4 n=100: validation on the first 50 samples of its split" in md
     assert "40 test samples drawn at random" in md
     # every paper column is present: the ones this config does not run say so
     assert "LJ13 n=10000" in md and "not run (30.41)" in md

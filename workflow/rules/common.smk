@@ -275,7 +275,7 @@ def train_arg_list(wc):
     if "epochs" in budget:
         args += ["--epochs", str(budget["epochs"])]
     sets = {}
-    for key in ("batch_size", "eval_every"):
+    for key in ("batch_size", "eval_every", "n_valid"):
         if key in budget:
             sets[f"train.{key}"] = budget[key]
     sets.update(exp.get("set", {}))

@@ -228,6 +228,8 @@ def deviations(meta: dict[str, Any], protocol: dict[str, Any] | None) -> list[st
             for key, phrase in phrases.items():
                 if key in budget and pbudget.get(key) is not None and budget[key] != pbudget[key]:
                     out.append(f"{name} n={column}: " + phrase.format(budget[key], pbudget[key]))
+            if budget.get("n_valid") is not None:
+                out.append(f"{name} n={column}: validation on the first {budget['n_valid']} samples of its split")
         p_args = " ".join(str(a) for a in (protocol.get("data", {}).get(ds) or {}).get("args", []))
         if exp.get("data_args") and exp["data_args"] != p_args:
             quick = " (sampler's quick mode: not checked for equilibrium)" if "--quick" in exp["data_args"] else ""
