@@ -28,7 +28,7 @@ ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler
                "heun3", "explicit_adams", "implicit_adams", "fixed_adams")  # torchdiffeq's solvers
 TRACES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
-PAIRINGS = ("none", "ot", "equivariant_ot")
+PAIRINGS = ("none", "ot", "aligned", "equivariant_ot")
 OBJECTIVES = ("likelihood", "flow_matching")
 CLIP_GRADS = ("none", "adaptive")
 DTYPES = ("float32", "float64")
@@ -51,7 +51,7 @@ BASE: dict[str, Any] = {
         "compile": False,            # torch.compile the training evaluation (2-3x faster, slow first compile)
     },
     "flow_matching": {
-        "pairing": "equivariant_ot",  # none | ot (batch OT) | equivariant_ot (align over perms/rotations first)
+        "pairing": "equivariant_ot",  # none | ot (batch OT) | aligned (per pair) | equivariant_ot (align, then OT)
         "sigma": 0.0,                # width of the conditional path around the straight line
     },
     "train": {

@@ -13,6 +13,9 @@ the data distribution to the base distribution, so `enf evaluate` / `enf sample`
 Pairings of the batch's data with base draws (`flow_matching.pairing`):
 - none: independent draws;
 - ot: the permutation of the batch that minimises the summed squared distance (Hungarian on the batch cost);
+- aligned: each draw is moved to its symmetry image closest to its own data point (no matching across the
+  batch): B alignments instead of B^2. On QM9-positional batches of 128 (19 atoms) it leaves a mean squared
+  transport cost of 39 against 29 for equivariant_ot (ot 125, unpaired 159) at about 1/60 of its pairing time;
 - equivariant_ot: first, for every (data, draw) pair, the draw is moved to its symmetry image closest to the
   data point (node permutation and orthogonal map, rotations and reflections: both the base density and an
   E(n)-equivariant flow's density are invariant under them), then the Hungarian on the aligned costs. The
@@ -292,9 +295,11 @@ def pair_batch(x: Tensor, z: Tensor, pairing: str, n_dim: int, reflections: bool
     """
     if pairing not in PAIRINGS:
         raise EnfError(f"flow_matching.pairing must be one of {PAIRINGS}, got {pairing!r}")
-    if pairing == "none" or x.shape[0] < 2:
-        if pairing == "equivariant_ot":
-            return align(x, z, n_dim, reflections, iterations)[0]
+    if pairing == "none":
+        return z
+    if pairing == "aligned" or (pairing == "equivariant_ot" and x.shape[0] < 2):
+        return align(x, z, n_dim, reflections, iterations)[0]
+    if x.shape[0] < 2:
         return z
     b = x.shape[0]
     raw = torch.cdist(x.flatten(1).double(), z.flatten(1).double()).pow(2)

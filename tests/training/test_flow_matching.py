@@ -43,7 +43,7 @@ def _brute_force_orbit_distance(x: Tensor, y: Tensor, n_dim: int) -> Tensor:
 
 # -- pairing --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n,d,features", [(4, 2, 0), (6, 3, 0), (5, 3, 2)])
-@pytest.mark.parametrize("pairing", ["ot", "equivariant_ot"])
+@pytest.mark.parametrize("pairing", ["ot", "aligned", "equivariant_ot"])
 def test_pairing_never_increases_transport_cost(n: int, d: int, features: int, pairing: str) -> None:
     x = _cloud(12, n, d, 0, scale=2.0, features=features)
     z = _cloud(12, n, d, 1, features=features)
@@ -54,6 +54,12 @@ def test_pairing_never_increases_transport_cost(n: int, d: int, features: int, p
         assert after <= fm.squared_distance(x, fm.pair_batch(x, z, "ot", d)).sum() + 1e-9
         _, cost = fm.align(x, z, d)
         assert (cost <= fm.squared_distance(x, z) + 1e-9).all()
+    if pairing == "aligned":  # no matching across the batch: draw i stays with x[i], as one of its own images
+        assert (fm.squared_distance(x, zp) <= fm.squared_distance(x, z) + 1e-9).all()
+        torch.testing.assert_close(torch.cdist(zp[..., :d], zp[..., :d]).sort(-1).values.sort(1).values,
+                                   torch.cdist(z[..., :d], z[..., :d]).sort(-1).values.sort(1).values)
+        matched = fm.pair_batch(x, z, "equivariant_ot", d)  # the same alignments, then matched: never worse
+        assert fm.squared_distance(x, matched).sum() <= fm.squared_distance(x, zp).sum() + 1e-9
 
 
 def test_candidate_pairing_is_valid_and_radial_bound_is_a_lower_bound() -> None:
@@ -117,7 +123,7 @@ def test_masked_pairing_keeps_padding_and_sizes() -> None:
     mask[0] = torch.tensor([1.0, 0, 1, 0, 1, 0])  # real nodes need not come first
     x = fm.sample_base(torch.zeros(b, n, d + f, dtype=torch.float64), mask, d) * 2
     z = fm.sample_base(x, mask, d)
-    for pairing in ("ot", "equivariant_ot"):
+    for pairing in ("ot", "aligned", "equivariant_ot"):
         zp = fm.pair_masked(x, z, mask, pairing, d)
         assert (zp[mask == 0] == 0).all()
         assert zp[..., :d].sum(1).abs().max() < 1e-10
@@ -193,7 +199,7 @@ def test_bad_settings_name_their_key() -> None:
             fm.flow_matching_loss(model, model_batch, bad)
 
 
-@pytest.mark.parametrize("pairing", ["none", "ot", "equivariant_ot"])
+@pytest.mark.parametrize("pairing", ["none", "ot", "aligned", "equivariant_ot"])
 def test_loss_backpropagates_into_the_field(pairing: str) -> None:
     from enf.models import build_model
 

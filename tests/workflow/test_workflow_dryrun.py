@@ -139,7 +139,8 @@ def test_budgets_come_from_enf_unless_the_config_gives_them(tmp_path: Path) -> N
     and a size the config does give a budget trains at that one."""
     override = tmp_path / "override.yaml"
     override.write_text('experiments:\n  dw4:\n    budgets:\n'
-                        '      "100": {epochs: 7, eval_every: 1, batch_size: 50, n_valid: 64}\n')
+                        '      "100": {epochs: 7, eval_every: 1, batch_size: 50, n_valid: 64,\n'
+                        '              set: {train.lr: 0.0007}}\n')
     res = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "config.yaml"), str(override), "--",
                     "results/runs/dw4/enf/n100/seed0/checkpoint.pt", "results/runs/dw4/enf/n1000/seed0/checkpoint.pt",
                     "results/runs/qm9/enf/nall/seed0/checkpoint.pt")
@@ -150,6 +151,8 @@ def test_budgets_come_from_enf_unless_the_config_gives_them(tmp_path: Path) -> N
     assert ("--epochs 7 --set=train.batch_size=50 --set=train.eval_every=1 --set=train.n_valid=64 "
             in commands["dw4/enf/n100"])
     assert "--epochs 300 --set=train.batch_size=100 --set=train.eval_every=5 " in commands["dw4/enf/n1000"]
+    assert "--set=train.lr=0.0007" in commands["dw4/enf/n100"]  # a budget's own settings: that cell only
+    assert "train.lr" not in commands["dw4/enf/n1000"]
     assert "--epochs 100 --set=train.batch_size=128 --out" in commands["qm9/enf/nall"]
 
 
@@ -157,6 +160,8 @@ def test_budgets_come_from_enf_unless_the_config_gives_them(tmp_path: Path) -> N
     ("experiments:\n  dw4:\n    set: {train.lrr: 1}\n", "experiments.dw4.set", "unknown config key 'train.lrr'"),
     ("models:\n  enf: {label: E-NF, set: {flow.method: euler2}}\n", "models.enf.set", "flow.method must be one of"),
     ("experiments:\n  lj13:\n    set: {train.amsgrad: maybe}\n", "experiments.lj13.set", "train.amsgrad must be"),
+    ('experiments:\n  dw4:\n    budgets:\n      "100": {set: {flow_matching.pairing: hungarian}}\n',
+     "experiments.dw4.budgets.100.set", "flow_matching.pairing must be one of"),
 ])
 def test_bad_enf_settings_fail_the_dry_run_by_name(tmp_path: Path, override: str, where: str, what: str) -> None:
     """Every trained cell's enf config is resolved when the workflow is parsed, not when its job runs."""

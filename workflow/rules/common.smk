@@ -266,8 +266,9 @@ def train_arg_list(wc):
     """The `enf train` arguments of a cell (without --out)."""
     exp = EXPERIMENTS[wc.dataset]
     mcfg = MODELS[wc.model]
-    budget = {**exp.get("budgets", {}).get(wc.n_train, {}),
-              **((mcfg.get("budgets") or {}).get(wc.dataset, {}).get(wc.n_train) or {})}
+    exp_budget = exp.get("budgets", {}).get(wc.n_train, {})
+    model_budget = (mcfg.get("budgets") or {}).get(wc.dataset, {}).get(wc.n_train) or {}
+    budget = {**exp_budget, **model_budget}
     args = ["--dataset", wc.dataset, "--model", mcfg.get("model", wc.model), "--data", data_dir(wc.dataset),
             "--seed", wc.seed, "--no-progress", "--no-test"]  # the evaluate rule measures the test split
     if wc.n_train != "all":
@@ -280,6 +281,8 @@ def train_arg_list(wc):
             sets[f"train.{key}"] = budget[key]
     sets.update(exp.get("set", {}))
     sets.update(mcfg.get("set", {}))
+    sets.update(exp_budget.get("set") or {})     # a cell's own settings, the most specific
+    sets.update(model_budget.get("set") or {})
     args += _set_args(sets)
     args += [str(a) for a in mcfg.get("args", [])]
     if config["device"] != "auto":
@@ -322,14 +325,20 @@ def _check_train_settings():
                     raise WorkflowError(f"config: {_settings_culprit(ds, m, str(n), str(err))}: {err}") from None
 
 
+def _budget_sources(where, budget):
+    """(config key, {enf setting: value}) of one budget: its train.* keys and its own `set`."""
+    budget = budget or {}
+    return [(where, {f"train.{k}": v for k, v in budget.items() if k != "set"}),
+            (f"{where}.set", budget.get("set") or {})]
+
+
 def _settings_culprit(ds, m, n, message):
     """The workflow config key whose settings an enf refusal names (the first that holds the key it names)."""
     sources = [(f"experiments.{ds}.set", EXPERIMENTS[ds].get("set") or {}),
                (f"models.{m}.set", MODELS[m].get("set") or {}),
-               (f"experiments.{ds}.budgets.{n}", {f"train.{k}": v for k, v in
-                                                  EXPERIMENTS[ds].get("budgets", {}).get(n, {}).items()}),
-               (f"models.{m}.budgets.{ds}.{n}", {f"train.{k}": v for k, v in
-                                                  ((MODELS[m].get("budgets") or {}).get(ds, {}).get(n) or {}).items()})]
+               *_budget_sources(f"experiments.{ds}.budgets.{n}", EXPERIMENTS[ds].get("budgets", {}).get(n)),
+               *_budget_sources(f"models.{m}.budgets.{ds}.{n}",
+                                ((MODELS[m].get("budgets") or {}).get(ds, {}).get(n)))]
     for where, sets in sources:
         for key in sets:
             if re.search(rf"(?<![\w.]){re.escape(str(key))}(?![\w])", message) or message.startswith(f"--set '{key}="):
