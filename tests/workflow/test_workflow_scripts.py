@@ -211,6 +211,10 @@ def test_collect_cells_tabulates_flow_matching_beside_likelihood_with_cpu_hours(
     assert "(config/config.yaml + config/flow_matching.yaml)" in md and str(ROOT) not in md
     assert "| E-NF | 8.00 (8.31; −0.31) [1 of 3 seeds]" in md
     assert "- E-NF, flow matching (ours): 2 run(s), 0.06 CPU h training + 0.00 CPU h test evaluation" in md
+    # the row's own settings (objective, learning rate, budgets) under the table, the likelihood rows' none
+    footer = next(line for line in md.splitlines() if line.startswith("Deviations from the protocol"))
+    assert '"--objective", "flow_matching"' in footer and '"train.lr": 0.002' in footer
+    assert '"100000": {"epochs": 30' in footer and "E-NF: settings" not in footer
     assert "- E-NF: 1 run(s), 0.03 CPU h training" in md
     assert (fm / "dw4/enf_fm/n100/seed0/checkpoint.pt").is_file()
     cell = fm / "dw4" / "enf_fm" / "n100" / "seed0"

@@ -4,22 +4,22 @@
 # named target of the workflow treats the new rows like any other model.
 
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
+from flow_matching_row import flow_matching_experiments, flow_matching_row  # noqa: E402
+
+
 def _add_flow_matching_rows():
-    fm = config.get("flow_matching") or {}
-    if not fm.get("enabled", False):
+    row = flow_matching_row(config)
+    if row is None:
         return
-    key = fm.get("model_key", "enf_fm")
+    key, entry = row
     if key in config["models"]:
         raise WorkflowError(f"config: flow_matching.model_key {key!r} is already a key of models; choose another")
-    sets = {"flow_matching.pairing": fm.get("pairing", "equivariant_ot"),
-            "flow_matching.sigma": fm.get("sigma", 0.0), **(fm.get("set") or {})}
-    config["models"][key] = {"label": fm.get("label", "E-NF, flow matching (ours)"), "model": fm.get("model", "enf"),
-                             "args": ["--objective", "flow_matching"], "set": sets,
-                             "budgets": {ds: {str(n): b for n, b in per_n.items()}
-                                         for ds, per_n in (fm.get("budgets") or {}).items()}}
-    for ds in fm.get("experiments", ["dw4", "lj13", "qm9_positional"]):
-        if ds not in config["experiments"]:
-            continue  # this configuration does not run that experiment
+    config["models"][key] = entry
+    for ds in flow_matching_experiments(config):
         models = config["experiments"][ds]["models"]
         if key not in models:
             models.append(key)

@@ -39,6 +39,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_tables  # noqa: E402
+from flow_matching_row import flow_matching_row  # noqa: E402
 
 RUN_FILES = ("config.yaml", "metrics.json", "history.csv", "training_curves.png")
 COLUMNS = ("dataset", "model", "n_train", "seed", "test_nll", "test_nll_sem", "test_trace", "best_epoch",
@@ -227,10 +228,9 @@ def merged_config(paths: list[Path]) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for path in paths:
         config = merge(config, yaml.safe_load(path.read_text()) or {})
-    fm = config.get("flow_matching") or {}
-    if fm.get("enabled"):
-        config.setdefault("models", {})[fm.get("model_key", "enf_fm")] = {
-            "label": fm.get("label", "E-NF, flow matching (ours)")}
+    row = flow_matching_row(config)
+    if row is not None:
+        config.setdefault("models", {})[row[0]] = row[1]
     return config
 
 
@@ -289,11 +289,15 @@ def cell_cost_lines(rows: list[dict[str, str]], labels: dict[str, str]) -> list[
 
 
 def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv: Path, label: str,
-                 beside: tuple[Path, ...] = ()) -> list[Path]:
+                 beside: tuple[Path, ...] = (), protocol: dict[str, Any] | None = None) -> list[Path]:
     """table1.{md,csv,tex} (and table3.* where QM9-positional cells exist) from cells.csv and those of `beside`,
     with the workflow's table code (paper values, floors, "not run"), and the CPU hours of each row below each
-    Markdown table. Returns the Markdown tables written."""
+    Markdown table. The footer names what the configuration changes relative to `protocol` (default: none).
+    Returns the Markdown tables written."""
     labels = {m: (config["models"].get(m) or {}).get("label", m) for m in config["models"]}
+    # the rows' own settings (the flow-matching row's), printed under the table as the workflow's tables do
+    settings = {m: {k: v for k, v in entry.items() if k in ("set", "args", "model", "budgets") and v}
+                for m, entry in config["models"].items() if entry and set(entry) - {"label"}}
     sourced = [(folder, r) for folder in (out, *beside) for r in read_cells(folder)]
     written = []
     for table in ("table1", "table3"):
@@ -313,9 +317,13 @@ def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv:
                 for ds, exp in config["experiments"].items() if exp.get("table") == table}
         meta = {"table": table, "config_name": label, "config_files": [config_file],
                 "budget_note": config.get("budget_note"), "seeds": config["seeds"], "experiments": exps,
-                "pretrained": None, "models": labels, "model_settings": {}}
+                "pretrained": None, "models": labels, "model_settings": {
+                    m: {k: v for k, v in {**entry, "budgets": {ds: b for ds, b in entry.get("budgets", {}).items()
+                                                                if ds in exps}}.items() if v}
+                    for m, entry in settings.items()}}
         md = out / f"{table}.md"
-        make_tables.make_table(manifest, meta, paper_csv, config, out / f"{table}.csv", md, out / f"{table}.tex")
+        make_tables.make_table(manifest, meta, paper_csv, protocol or config, out / f"{table}.csv", md,
+                               out / f"{table}.tex")
         with open(md, "a") as handle:
             handle.write("\nCPU cost, over the runs above (Snakemake's benchmark of each job):\n\n"
                          + "\n".join(cost_lines([r for _, r in rows], labels)) + "\n\nPer cell (a run resumed "
@@ -355,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", required=True, type=Path, help="the workflow's outdir (e.g. results)")
     parser.add_argument("--config", required=True, type=Path, nargs="+",
-                        help="the configuration file(s) the runs were made with, merged in order")
+                        help="the configuration file(s) the runs were made with, merged in order; the first is "
+                             "the protocol the table footer compares with")
     parser.add_argument("--beside", type=Path, action="append", default=[],
                         help="another evidence folder whose cells are tabulated too (repeatable)")
     parser.add_argument("--out", required=True, type=Path)
@@ -372,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_cells(args.out, rows)
     tables = render_table(args.out, config, " + ".join(map(shown_path, args.config)), args.paper,
-                          args.label or config.get("name", "paper"), tuple(args.beside))
+                          args.label or config.get("name", "paper"), tuple(args.beside),
+                          protocol=make_tables.load_protocol(args.config[0]))
     print(f"{len(rows)} cell run(s) collected into {args.out}; tables in {', '.join(map(str, tables))}")
     return 0
 
