@@ -288,6 +288,12 @@ def cell_cost_lines(rows: list[dict[str, str]], labels: dict[str, str]) -> list[
     return lines
 
 
+def row_settings(entry: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
+    """A row's own settings (set, args, model, its budgets for `datasets`), as the table footer prints them."""
+    budgets = {ds: b for ds, b in (entry.get("budgets") or {}).items() if ds in datasets}
+    return {k: v for k, v in {**entry, "budgets": budgets}.items() if k in ("set", "args", "model", "budgets") and v}
+
+
 def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv: Path, label: str,
                  beside: tuple[Path, ...] = (), protocol: dict[str, Any] | None = None) -> list[Path]:
     """table1.{md,csv,tex} (and table3.* where QM9-positional cells exist) from cells.csv and those of `beside`,
@@ -295,9 +301,6 @@ def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv:
     Markdown table. The footer names what the configuration changes relative to `protocol` (default: none).
     Returns the Markdown tables written."""
     labels = {m: (config["models"].get(m) or {}).get("label", m) for m in config["models"]}
-    # the rows' own settings (the flow-matching row's), printed under the table as the workflow's tables do
-    settings = {m: {k: v for k, v in entry.items() if k in ("set", "args", "model", "budgets") and v}
-                for m, entry in config["models"].items() if entry and set(entry) - {"label"}}
     sourced = [(folder, r) for folder in (out, *beside) for r in read_cells(folder)]
     written = []
     for table in ("table1", "table3"):
@@ -317,10 +320,9 @@ def render_table(out: Path, config: dict[str, Any], config_file: str, paper_csv:
                 for ds, exp in config["experiments"].items() if exp.get("table") == table}
         meta = {"table": table, "config_name": label, "config_files": [config_file],
                 "budget_note": config.get("budget_note"), "seeds": config["seeds"], "experiments": exps,
-                "pretrained": None, "models": labels, "model_settings": {
-                    m: {k: v for k, v in {**entry, "budgets": {ds: b for ds, b in entry.get("budgets", {}).items()
-                                                                if ds in exps}}.items() if v}
-                    for m, entry in settings.items()}}
+                "pretrained": None, "models": labels,
+                "model_settings": {m: row_settings(entry, exps) for m, entry in config["models"].items()
+                                   if entry and set(entry) - {"label"}}}
         md = out / f"{table}.md"
         make_tables.make_table(manifest, meta, paper_csv, protocol or config, out / f"{table}.csv", md,
                                out / f"{table}.tex")
