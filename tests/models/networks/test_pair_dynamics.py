@@ -202,7 +202,9 @@ def _particle_flow(field: SimpleDynamics | KernelDynamics, n_particles: int, n_d
 @pytest.mark.parametrize("n_particles,n_dim", [(4, 2), (5, 3)])
 def test_log_likelihood_is_invariant(kind: str, n_particles: int, n_dim: int) -> None:
     field = _simple(n_dim) if kind == "simple" else _kernel(n_dim)
-    flow = _particle_flow(field, n_particles, n_dim)
+    # invariance is exact, the adaptive solver is not: at rtol = atol = 1e-5 a moved input's NLL differs by up to
+    # 1e-2 (60 random draws); at 1e-8 by at most 3e-9
+    flow = _particle_flow(field, n_particles, n_dim, tol=1e-8)
     x = remove_mean(torch.randn(2, n_particles, n_dim, dtype=F64) * 2)
     with torch.no_grad():
         base = flow.nll({"positions": x})["nll"]
@@ -210,7 +212,7 @@ def test_log_likelihood_is_invariant(kind: str, n_particles: int, n_dim: int) ->
         assert (z - x).abs().max() > 1e-2  # the flow really moves the points
         rot = random_orthogonal(1, n_dim, dtype=F64)[0]
         for moved in (x @ _reflection(n_dim).T + 3.0, x[:, torch.randperm(n_particles)], x @ rot.T):
-            assert torch.allclose(flow.nll({"positions": moved})["nll"], base, atol=1e-5)
+            assert torch.allclose(flow.nll({"positions": moved})["nll"], base, atol=1e-6)
 
 
 def test_closed_form_log_det_equals_the_exact_trace_in_the_cnf() -> None:
