@@ -34,6 +34,7 @@ RELEASE = ROOT / "resources" / "pretrained" / "en_flows_qm9"
 #: measure them here.
 AUTHORS_EVAL_SECONDS = (270.0, 500.0)
 EVAL_BATCH = 128
+CPU = torch.device("cpu")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -43,11 +44,12 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench_training(data_dir: Path, iterations: int, seed: int, adjoint: bool | None) -> list[dict[str, Any]]:
+def bench_training(data_dir: Path, iterations: int, seed: int, adjoint: bool | None,
+                   device: torch.device = CPU) -> list[dict[str, Any]]:
     """Fresh protocol-size E-NF on QM9: forward, Hutchinson trace, regulariser, backward, AdamW step."""
     from enf.config import resolve
     from enf.data.datasets import DATASETS, load_split
-    from enf.evaluation import batches
+    from enf.evaluation import batches, to_device
     from enf.models import build_model
     from enf.training import AdaptiveClipper
 
@@ -59,11 +61,14 @@ def bench_training(data_dir: Path, iterations: int, seed: int, adjoint: bool | N
     train = load_split(spec, data_dir / "train.npz", 2048)
     model = build_model(cfg)
     model.initialize(batches(train, 128)[0], train)
+    model.to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=1e-12, amsgrad=True)
     clipper = AdaptiveClipper(3000.0)
     rows = []
     order = torch.randperm(train["positions"].shape[0])
     for i, batch in enumerate(batches(train, 128, order, drop_last=True)[:iterations]):
+        batch = to_device(batch, device)
+
         def step(batch: dict[str, torch.Tensor] = batch) -> float:
             optim.zero_grad(set_to_none=True)
             out = model.nll(batch, trace="hutchinson")
@@ -110,7 +115,7 @@ def in_turns(steps: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tupl
 
 
 def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool, subset: str = "random", n: int = EVAL_BATCH,
-                     authors: Path | None = None, rounds: int = 1) -> list[dict[str, Any]]:
+                     authors: Path | None = None, rounds: int = 1, device: torch.device = CPU) -> list[dict[str, Any]]:
     """The released model on n test molecules (batches of 128), the authors' estimator and tolerance; with
     `authors` (a checkout of theirs) their own code evaluates the same molecules, timed in turns with enf's."""
     from enf.data.datasets import DATASETS, load_split
@@ -118,6 +123,7 @@ def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool, subset: str 
     from enf.models.pretrained import load_en_flows
 
     model, _ = load_en_flows(RELEASE / "flow.pt", RELEASE / "dequantizer.pt", RELEASE / "args.json")
+    model.to(device)
     test, which = eval_molecules(load_split(DATASETS.get("qm9"), data_dir / "test.npz"), n, subset, seed)
     grouped = model.group_size
     steps: dict[str, Callable[[], tuple[float, float, float]]] = {}  # each returns NLL mean, its SE, NFE per solve
@@ -125,7 +131,7 @@ def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool, subset: str 
         def enf_step(group: int | None = group) -> tuple[float, float, float]:
             model.group_size = group
             torch.manual_seed(seed)
-            res = evaluate_nll(model, test, EVAL_BATCH, "hutchinson")
+            res = evaluate_nll(model, test, EVAL_BATCH, "hutchinson", device=device)
             return res["nll"], res["nll_sem"], res["nfe_per_solve"]
 
         label = f"sorted by size, solved in groups of {group}" if group else "one padded solve per batch"
@@ -170,11 +176,12 @@ def bench_evaluation(data_dir: Path, seed: int, grouped_only: bool, subset: str 
     return rows
 
 
-def bench_sampling(n: int, seed: int) -> list[dict[str, Any]]:
+def bench_sampling(n: int, seed: int, device: torch.device = CPU) -> list[dict[str, Any]]:
     """Molecules per second from the released model: M ~ p(M), reverse solve, decoding."""
     from enf.models.pretrained import load_en_flows
 
     model, _ = load_en_flows(RELEASE / "flow.pt", RELEASE / "dequantizer.pt", RELEASE / "args.json")
+    model.to(device)
     out, wall, cpu = timed(lambda: model.sample(n, generator=torch.Generator().manual_seed(seed)))
     failed = int(out["failed"].sum())
     return [{"measurement": f"sampling {n} molecules (released model)", "value": n / wall, "unit": "molecules/s",
@@ -200,21 +207,28 @@ def main(argv: list[str] | None = None) -> int:
                              f"enf's (otherwise their earlier measured time, {AUTHORS_EVAL_SECONDS[0]:.0f} s)")
     parser.add_argument("--adjoint", choices=("config", "on", "off"), default="config",
                         help="training gradients: the QM9 config's choice, adjoint, or direct back-propagation")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or cuda:N (the authors' code is timed on the CPU only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "qm9.csv")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.authors is not None and device.type != "cpu":
+        parser.error("--authors times both codes on the CPU: leave --device at cpu")
 
     rows: list[dict[str, Any]] = []
     if "eval" not in args.skip:
         rows += bench_evaluation(args.data, args.seed, args.grouped_only, args.eval_subset, args.eval_n,
-                                 args.authors, args.eval_rounds)
+                                 args.authors, args.eval_rounds, device)
     if "sample" not in args.skip:
-        rows += bench_sampling(args.sample_n, args.seed)
+        rows += bench_sampling(args.sample_n, args.seed, device)
     if "train" not in args.skip and args.iterations > 0:
         adjoint = None if args.adjoint == "config" else args.adjoint == "on"
-        rows += bench_training(args.data, args.iterations, args.seed, adjoint)
+        rows += bench_training(args.data, args.iterations, args.seed, adjoint, device)
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} thread(s)"
+    if device.type == "cuda":
+        machine += f", {torch.cuda.get_device_name(device)}"
     for row in rows:
         row["machine"] = machine
     args.out.parent.mkdir(parents=True, exist_ok=True)
