@@ -4,6 +4,7 @@ released weights, and molecules sampled per second. Prints a table and writes a 
 
 Both wall-clock and process CPU seconds are reported: on a shared machine the CPU time is the fairer figure.
 Run single-threaded for a per-core comparison:  OMP_NUM_THREADS=1 python benchmarks/bench_qm9.py --data DIR
+(`--device cuda` times enf on a GPU instead; benchmarks/bench_gpu.sh runs it with the other GPU checks).
 
 With --authors EN_FLOWS_CHECKOUT (a clone of vgsatorras/en_flows) the authors' own code evaluates the same test
 molecules with the same released weights in this process, timed in turns with enf (benchmarks/authors_qm9.py);
