@@ -21,14 +21,14 @@ import prepare_run_dir  # noqa: E402
 
 
 def _cell(tmp: Path, dataset: str, model: str, label: str, n: str, seed: int, nll: float | None,
-          analysis: dict | None = None) -> dict:
+          analysis: dict | None = None, trace: str = "exact") -> dict:
     base = tmp / dataset / model / n / str(seed)
     base.mkdir(parents=True)
     rec = {"dataset": dataset, "model": model, "label": label, "n_train": n, "seed": seed, "kind": "trained",
            "evaluation": None, "run": str(base / "metrics.json"), "config": None, "analysis": None}
     (base / "metrics.json").write_text(json.dumps({"code_version": "enf test"}))
     if nll is not None:
-        (base / "test.json").write_text(json.dumps({"nll": nll, "nll_sem": 0.1, "n": 40, "trace": "exact",
+        (base / "test.json").write_text(json.dumps({"nll": nll, "nll_sem": 0.1, "n": 40, "trace": trace,
                                                     "probes": 1}))
         rec["evaluation"] = str(base / "test.json")
     if analysis is not None:
@@ -72,6 +72,22 @@ def test_table1_mean_std_paper_diff_and_not_run(tmp_path: Path) -> None:
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex
     csv = pd.read_csv(f"{out}.csv")
     assert {"mean", "std", "paper", "diff", "config_name", "budget", "status"} <= set(csv.columns)
+
+
+def test_table1_names_each_estimator_and_the_methods_that_used_it(tmp_path: Path) -> None:
+    manifest = [_cell(tmp_path, "dw4", "enf", "E-NF", "100", 0, 8.0),
+                _cell(tmp_path, "dw4", "gnf", "GNF", "100", 0, 11.0),
+                _cell(tmp_path, "dw4", "kernel_dynamics", "Kernel dynamics", "100", 0, 8.7, trace="closed form"),
+                _cell(tmp_path, "lj13", "enf", "E-NF", "10", 0, 25.0, trace="hutchinson")]
+    exps = {ds: {"n_train": [n], "evaluate": {"n": 40}, "sample": None, "budgets": {n: {"epochs": 2}}}
+            for ds, n in (("dw4", "100"), ("lj13", "10"))}
+    out = tmp_path / "t1"
+    make_tables.make_table(manifest, _meta("table1", exps, [0]), ROOT / "workflow" / "resources" / "paper_tables.csv",
+                           make_tables.load_protocol(ROOT / "config" / "config.yaml"), f"{out}.csv", f"{out}.md",
+                           f"{out}.tex")
+    line = next(ln.rstrip() for ln in Path(f"{out}.md").read_text().splitlines() if ln.startswith("Test NLL"))
+    assert line == ("Test NLL estimator: DW4: exact trace (closed-form divergence: Kernel dynamics), 40 test samples; "
+                    "LJ13: Hutchinson trace, 1 probe(s), 40 test samples.")
 
 
 def test_table2_stability_in_percent_and_released_row(tmp_path: Path) -> None:

@@ -321,6 +321,31 @@ def grid(agg: pd.DataFrame, table: str, tex: bool = False) -> tuple[list[str], l
     return header, body
 
 
+TRACE_NAMES = {"exact": "exact trace", "hutchinson": "Hutchinson trace", "closed form": "closed-form divergence"}
+
+
+def estimator_text(rows: pd.DataFrame) -> str:
+    """How one data set's test NLLs were estimated, e.g. 'exact trace (closed-form divergence: Kernel dynamics),
+    1000 test samples': the trace most rows used, and beside it any other with the methods that used it."""
+    methods: dict[str, list[str]] = {}
+    for method, traces in zip(rows["method"], rows["trace"]):
+        for trace in str(traces).split(",") if isinstance(traces, str) else ():
+            methods.setdefault(trace, [])
+            if method not in methods[trace]:
+                methods[trace].append(method)
+    probes = ints(pd.Series([p for v in rows["probes"].dropna() for p in str(v).split(",")]))
+
+    def name(trace: str) -> str:
+        return TRACE_NAMES.get(trace, f"{trace} trace") + (f", {probes} probe(s)" if trace == "hutchinson" else "")
+
+    n_eval = ints(pd.Series([n for v in rows["n_eval"].dropna() for n in str(v).split(",")]))
+    if not methods:
+        return f"{n_eval} test samples"
+    main = max(methods, key=lambda t: len(methods[t]))
+    others = [f"{name(t)}: {', '.join(ms)}" for t, ms in methods.items() if t != main]
+    return name(main) + (f" ({'; '.join(others)})" if others else "") + f", {n_eval} test samples"
+
+
 def footer(meta: dict[str, Any], agg: pd.DataFrame, devs: list[str], code_versions: list[str]) -> list[str]:
     """The lines under a table: configuration, budget, cell format, estimators, deviations, code."""
     lines = [f"Configuration: {meta['config_name']} ({', '.join(meta['config_files'])}). "
@@ -335,14 +360,8 @@ def footer(meta: dict[str, Any], agg: pd.DataFrame, devs: list[str], code_versio
     if (agg["status"] == "floor").any():
         lines.append(f"{FLOOR_METHOD}: the lowest expected test NLL any model can reach, H = <E> + log Z of the "
                      "target density on the zero-centre-of-mass subspace; a number below it is a bug.")
-    est = []
-    for ds in dict.fromkeys(nll["dataset"]):
-        sub = nll[nll["dataset"] == ds]
-        traces = ",".join(sorted({t for v in sub["trace"].dropna() for t in v.split(",")}))
-        probes = ints(pd.Series([p for v in sub["probes"].dropna() for p in v.split(",")]))
-        n_eval = ints(pd.Series([n for v in sub["n_eval"].dropna() for n in v.split(",")]))
-        est.append(f"{DATASET_NAMES.get(ds, ds)}: {traces} trace" + (f", {probes} probe(s)" if "hutchinson" in traces
-                                                                      else "") + f", {n_eval} test samples")
+    est = [f"{DATASET_NAMES.get(ds, ds)}: {estimator_text(nll[nll['dataset'] == ds])}"
+           for ds in dict.fromkeys(nll["dataset"])]
     if est:
         lines.append("Test NLL estimator: " + "; ".join(est) + ".")
     if devs:
