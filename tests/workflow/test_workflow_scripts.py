@@ -280,6 +280,7 @@ def test_readme_evidence_fills_its_block_from_collected_cells(tmp_path: Path, ca
     results, out = tmp_path / "results", tmp_path / "evidence"
     _finished_run(results, "dw4", "enf", 100, 0, 8.0, None)
     _finished_run(results, "dw4", "gnf", 100, 0, 11.0, None)
+    _finished_run(results, "qm9_positional", "enf", "all", 0, -70.0, None)  # a Table 3 cell: not in this block
     assert collect_cells.main(["--results", str(results), "--config", str(ROOT / "config" / "config.yaml"),
                                "--out", str(out)]) == 0
     readme = tmp_path / "README.md"
@@ -293,6 +294,7 @@ def test_readme_evidence_fills_its_block_from_collected_cells(tmp_path: Path, ca
     assert rows == ["Method", "E-NF", "Physical floor (entropy of the target)"]  # GNF left out
     assert "- DW4 n = 100: seed 0: 8.00 +- 0.10 (epoch 7; 2 CPU min training, 5 s test)." in block
     assert "- E-NF: 1 run(s), 0.03 CPU h training" in block
+    assert "QM9" not in block and "-70.00" not in block
     before = readme.read_text()
     assert readme_evidence.main([str(readme), "--block", "missing", "--folder", str(out), "--rows", "E-NF",
                                  "--model", "enf"]) == 2

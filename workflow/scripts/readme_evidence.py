@@ -37,10 +37,12 @@ def table_rows(table_md: str, labels: list[str]) -> list[str]:
     return table[:2] + keep
 
 
-def seed_lines(cells_csv: Path, model: str) -> list[str]:
-    """One line per (data set, size) of `model`: each seed's test NLL +- SE, best epoch and CPU times."""
+def seed_lines(cells_csv: Path, model: str, header: str) -> list[str]:
+    """One line per (data set, size) of `model` among the table's columns (`header`): each seed's test NLL +- SE,
+    best epoch and CPU times."""
     with open(cells_csv) as handle:
-        cells = [c for c in csv.DictReader(handle) if c["model"] == model]
+        cells = [c for c in csv.DictReader(handle)
+                 if c["model"] == model and f"{NAMES.get(c['dataset'], c['dataset'])} n=" in header]
     lines = []
     sizes = sorted({(c["dataset"], c["n_train"]) for c in cells},
                    key=lambda k: (k[0], int(k[1]) if k[1].isdigit() else 10**18))
@@ -59,7 +61,8 @@ def seed_lines(cells_csv: Path, model: str) -> list[str]:
 def evidence(folder: Path, rows: list[str], model: str, cost: bool) -> str:
     """The block's text."""
     table_md = (folder / "table1.md").read_text()
-    text = "\n".join(table_rows(table_md, rows)) + "\n\n" + "\n".join(seed_lines(folder / "cells.csv", model))
+    table = table_rows(table_md, rows)
+    text = "\n".join(table) + "\n\n" + "\n".join(seed_lines(folder / "cells.csv", model, table[0]))
     if cost:
         bullets = [line for line in table_md.split("CPU cost", 1)[-1].splitlines() if line.startswith("- ")]
         text += "\n\nCPU cost:\n" + "\n".join(bullets)
