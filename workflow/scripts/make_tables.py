@@ -118,8 +118,8 @@ def aggregate(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def ints(values: pd.Series) -> str | None:
-    """Distinct integer values as '1,5' (None when there are none)."""
-    found = sorted({int(float(v)) for v in values.dropna()})
+    """Distinct integer values, each value a number or such a '1,5' list, as '1,5' (None when there are none)."""
+    found = sorted({int(float(part)) for v in values.dropna() for part in str(v).split(",")})
     return ",".join(map(str, found)) or None
 
 
@@ -327,18 +327,15 @@ TRACE_NAMES = {"exact": "exact trace", "hutchinson": "Hutchinson trace", "closed
 def estimator_text(rows: pd.DataFrame) -> str:
     """How one data set's test NLLs were estimated, e.g. 'exact trace (closed-form divergence: Kernel dynamics),
     1000 test samples': the trace most rows used, and beside it any other with the methods that used it."""
-    methods: dict[str, list[str]] = {}
+    methods: dict[str, dict[str, None]] = {}  # trace -> the methods that used it, in order
     for method, traces in zip(rows["method"], rows["trace"]):
         for trace in str(traces).split(",") if isinstance(traces, str) else ():
-            methods.setdefault(trace, [])
-            if method not in methods[trace]:
-                methods[trace].append(method)
-    probes = ints(pd.Series([p for v in rows["probes"].dropna() for p in str(v).split(",")]))
+            methods.setdefault(trace, {})[method] = None
+    probes, n_eval = ints(rows["probes"]), ints(rows["n_eval"])
 
     def name(trace: str) -> str:
         return TRACE_NAMES.get(trace, f"{trace} trace") + (f", {probes} probe(s)" if trace == "hutchinson" else "")
 
-    n_eval = ints(pd.Series([n for v in rows["n_eval"].dropna() for n in str(v).split(",")]))
     if not methods:
         return f"{n_eval} test samples"
     main = max(methods, key=lambda t: len(methods[t]))
