@@ -356,7 +356,9 @@ def footer(meta: dict[str, Any], agg: pd.DataFrame, devs: list[str], code_versio
     nll = agg[(agg["metric"] == "nll") & (agg["status"] == "measured")]
     if (agg["status"] == "floor").any():
         lines.append(f"{FLOOR_METHOD}: the lowest expected test NLL any model can reach, H = <E> + log Z of the "
-                     "target density on the zero-centre-of-mass subspace; a number below it is a bug.")
+                     "target density on the zero-centre-of-mass subspace. A finite test split has a floor of its own, "
+                     "the mean of E + log Z over its configurations (what the target density itself scores there), "
+                     "which differs from H by the split's sampling error; a number below that is a bug.")
     est = [f"{DATASET_NAMES.get(ds, ds)}: {estimator_text(nll[nll['dataset'] == ds])}"
            for ds in dict.fromkeys(nll["dataset"])]
     if est:
