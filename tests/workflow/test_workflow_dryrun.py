@@ -106,9 +106,12 @@ def test_flow_matching_switch_adds_its_rows_and_the_ess_table(tmp_path: Path) ->
 
 def test_flow_matching_rows_train_with_their_own_budgets(tmp_path: Path) -> None:
     """In the paper configuration the flow-matching row keeps the protocol's epochs but validates ten times per
-    run at its own learning rate (flow_matching.budgets / .set); the likelihood row of the same cell is unchanged."""
+    run at its own learning rate (flow_matching.budgets / .set); the likelihood row of the same cell is unchanged,
+    and each data set's Boltzmann evaluation draws its own number of samples (boltzmann.n_samples per data set)."""
     fm = str(ROOT / "config" / "flow_matching.yaml")
-    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "config.yaml"), fm, "--",
+    override = tmp_path / "override.yaml"
+    override.write_text("boltzmann:\n  n_samples: {dw4: 10000, lj13: 300}\n")
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(ROOT / "config" / "config.yaml"), fm, str(override), "--",
                     "results/runs/dw4/enf_fm/n100/seed0/checkpoint.pt", "results/runs/dw4/enf/n100/seed0/checkpoint.pt",
                     "results/boltzmann/dw4/enf_fm/n100/seed0/eval.json",
                     "results/boltzmann/lj13/enf_fm/n10/seed0/eval.json")
@@ -122,7 +125,7 @@ def test_flow_matching_rows_train_with_their_own_budgets(tmp_path: Path) -> None
     assert "--set=train.eval_every=20" in commands["enf"] and "train.lr" not in commands["enf"]
     boltzmann = {ds: next(line for line in out.splitlines() if "--boltzmann " in line and f"/{ds}/enf_fm/" in line)
                  for ds in ("dw4", "lj13")}
-    assert "--boltzmann 10000 " in boltzmann["dw4"] and "--boltzmann 1000 " in boltzmann["lj13"]
+    assert "--boltzmann 10000 " in boltzmann["dw4"] and "--boltzmann 300 " in boltzmann["lj13"]
 
 
 def test_boltzmann_samples_per_data_set_must_name_each(tmp_path: Path) -> None:
